@@ -1,0 +1,92 @@
+//! A tiny HTTP/1.1 upstream for `make run`, the tests and the load benchmarks: it answers every
+//! request with a short text naming itself and echoing the request line and headers, keeps
+//! connections alive, and answers `/up` with `OK` (the health-check path).
+//!
+//! Usage: `demo-upstream [--listen 127.0.0.1:3000] [--name app]`
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> std::io::Result<()> {
+    let mut listen: SocketAddr = ([127, 0, 0, 1], 3000).into();
+    let mut name = String::from("demo");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--listen", Some(v)) => {
+                listen = v
+                    .parse()
+                    .map_err(|e| std::io::Error::other(format!("--listen {v}: {e}")))?
+            }
+            ("--name", Some(v)) => name = v,
+            _ => {
+                eprintln!("usage: demo-upstream [--listen IP:PORT] [--name NAME]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!("demo-upstream {name} listening on http://{listen}");
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let _ = serve(stream, name).await;
+        });
+    }
+}
+
+async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = String::new();
+    loop {
+        let mut head = Vec::new();
+        let mut content_length = 0usize;
+        let mut close = false;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let lower = l.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
+            }
+            head.push(l.to_string());
+        }
+        let mut body = vec![0; content_length];
+        reader.read_exact(&mut body).await?;
+        let request_line = head.first().cloned().unwrap_or_default();
+        let text = if request_line.starts_with("GET /up ") {
+            "OK\n".to_string()
+        } else {
+            let mut t = format!("upstream: {name}\n");
+            for h in &head {
+                t.push_str(h);
+                t.push('\n');
+            }
+            t
+        };
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Upstream: {name}\r\n{}\r\n{text}",
+            text.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        write.write_all(response.as_bytes()).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}

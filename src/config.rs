@@ -1,0 +1,1339 @@
+//! The configuration file: one YAML document, parsed into typed values once.
+//!
+//! Parsing is two-step so that *every* problem is reported at once, each with its key path and
+//! the bad value: serde reads the document into `raw` structs whose leaves are untyped YAML
+//! values (unknown keys are collected by `serde_ignored`, not stopped at), then `Config::build`
+//! converts each leaf into its type (`SocketAddr`, `Duration`, `Domain`, enums) and collects the
+//! errors. Nothing else in the crate sees a raw string from the file.
+//!
+//! Secrets may come from the environment: any string value may contain `${NAME}`, which is
+//! replaced by the variable's value (a missing variable is an error naming it and the key).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+use crate::domain::Domain;
+
+/// One problem in the file: where, what was there, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub value: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "(top level)"
+        } else {
+            &self.path
+        };
+        match &self.value {
+            Some(v) => write!(f, "{path}: {} (got {v})", self.message),
+            None => write!(f, "{path}: {}", self.message),
+        }
+    }
+}
+
+/// Every problem found in a file, in document order.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error(s) in {}:", self.errors.len(), self.file)?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    /// True when some error is about `path` (exactly).
+    pub fn mentions(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| e.path == path)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed configuration
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where state lives (see README "Data directory").
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub server: ServerSettings,
+    pub tls: TlsSettings,
+    pub allow: AllowConfig,
+    pub issuer: IssuerConfig,
+    pub upstreams: UpstreamsConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub https: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    /// Port written into `http → https` redirects (omitted from the URL when 443).
+    pub redirect_https_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub threads: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+    pub error_log: Option<PathBuf>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    EcdsaP256,
+    Rsa2048,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// Name served to clients that send no SNI.
+    pub default_name: Option<Domain>,
+    pub key_type: KeyType,
+    /// How long a handshake waits for a certificate being issued (the issuance goes on).
+    pub issue_timeout: Duration,
+    /// Parsed certificates kept in memory.
+    pub cache_capacity: u64,
+}
+
+/// An allow-list entry from the config: `example.com` or `*.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamePattern {
+    Exact(Domain),
+    /// `*.suffix`: any name strictly below `suffix`, at any depth.
+    Below(Domain),
+}
+
+impl NamePattern {
+    pub fn matches(&self, name: &Domain) -> bool {
+        match self {
+            NamePattern::Exact(d) => d == name,
+            NamePattern::Below(suffix) => name.is_strictly_under(suffix),
+        }
+    }
+}
+
+impl fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NamePattern::Exact(d) => write!(f, "{d}"),
+            NamePattern::Below(d) => write!(f, "*.{d}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AllowConfig {
+    pub platform_domains: Vec<NamePattern>,
+    pub database: Option<DatabaseConfig>,
+    pub ask: Option<AskConfig>,
+    pub allowed_ttl: Duration,
+    pub denied_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub query: String,
+    pub timeout: Duration,
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AskConfig {
+    pub url: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum IssuerConfig {
+    Internal(InternalIssuerConfig),
+    Acme(AcmeConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct InternalIssuerConfig {
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub trusted_roots: Vec<PathBuf>,
+    pub challenges: Vec<ChallengeType>,
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeType {
+    Http01,
+    TlsAlpn01,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamsConfig {
+    pub pools: Vec<PoolConfig>,
+    /// Index into `pools`.
+    pub default_pool: usize,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    RoundRobin,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub name: String,
+    pub backends: Vec<SocketAddr>,
+    pub selection: Selection,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HealthCheckKind {
+    Tcp,
+    Http {
+        path: String,
+        host: String,
+        expected_status: u16,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to mark a backend healthy again.
+    pub rise: usize,
+    /// Consecutive failures to mark a backend unhealthy.
+    pub fall: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Requests whose Host is this name or below it go to `pool`.
+    pub suffix: Domain,
+    /// Index into `UpstreamsConfig::pools`.
+    pub pool: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (serde) layer: structure only, leaves untyped
+// ---------------------------------------------------------------------------------------------
+
+mod raw {
+    use super::*;
+
+    type Leaf = Option<Value>;
+
+    #[derive(Deserialize, Default)]
+    pub struct File {
+        pub data_dir: Leaf,
+        #[serde(default)]
+        pub listen: Listen,
+        #[serde(default)]
+        pub server: Server,
+        #[serde(default)]
+        pub tls: Tls,
+        #[serde(default)]
+        pub allow: Allow,
+        #[serde(default)]
+        pub issuer: Issuer,
+        #[serde(default)]
+        pub upstreams: Upstreams,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Listen {
+        pub https: Leaf,
+        pub http: Leaf,
+        pub metrics: Leaf,
+        pub redirect_https_port: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Server {
+        pub threads: Leaf,
+        pub grace_period: Leaf,
+        pub graceful_shutdown_timeout: Leaf,
+        pub pid_file: Leaf,
+        pub upgrade_sock: Leaf,
+        pub error_log: Leaf,
+        pub user: Leaf,
+        pub group: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Tls {
+        pub default_name: Leaf,
+        pub key_type: Leaf,
+        pub issue_timeout: Leaf,
+        pub cache_capacity: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Allow {
+        pub platform_domains: Option<Vec<Value>>,
+        pub database: Option<Database>,
+        pub ask: Option<Ask>,
+        pub allowed_ttl: Leaf,
+        pub denied_ttl: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Database {
+        pub url: Leaf,
+        pub query: Leaf,
+        pub timeout: Leaf,
+        pub pool_size: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Ask {
+        pub url: Leaf,
+        pub timeout: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Issuer {
+        pub internal: Option<Internal>,
+        pub acme: Option<Acme>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Internal {
+        pub lifetime: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Acme {
+        pub directory: Leaf,
+        pub contact: Option<Vec<Value>>,
+        pub trusted_roots: Option<Vec<Value>>,
+        pub challenges: Option<Vec<Value>>,
+        pub profile: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Upstreams {
+        pub default_pool: Leaf,
+        pub pools: Option<BTreeMap<String, Pool>>,
+        pub routes: Option<Vec<Route>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Pool {
+        pub backends: Option<Vec<Value>>,
+        pub selection: Leaf,
+        pub connect_timeout: Leaf,
+        pub read_timeout: Leaf,
+        pub health_check: Option<HealthCheck>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct HealthCheck {
+        #[serde(rename = "type")]
+        pub kind: Leaf,
+        pub path: Leaf,
+        pub host: Leaf,
+        pub expected_status: Leaf,
+        pub interval: Leaf,
+        pub timeout: Leaf,
+        pub rise: Leaf,
+        pub fall: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Route {
+        pub suffix: Leaf,
+        pub pool: Leaf,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building the typed config, collecting every error
+// ---------------------------------------------------------------------------------------------
+
+/// The default allow-list query (DESIGN.md); `$1` is the normalized name.
+pub const DEFAULT_ALLOW_QUERY: &str =
+    "SELECT 1 FROM companies WHERE active AND dns_names @> ARRAY[$1]::citext[] LIMIT 1";
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+struct Errors<'e> {
+    list: &'e mut Vec<ConfigError>,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+impl Errors<'_> {
+    fn push(&mut self, path: &str, value: Option<&Value>, message: impl Into<String>) {
+        self.list.push(ConfigError {
+            path: path.to_string(),
+            value: value.map(show),
+            message: message.into(),
+        });
+    }
+
+    /// A string leaf, with `${VAR}` expanded.
+    fn string(&mut self, path: &str, v: &Value) -> Option<String> {
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => {
+                self.push(path, Some(v), "expected a string");
+                return None;
+            }
+        };
+        self.expand(path, &s)
+    }
+
+    fn expand(&mut self, path: &str, s: &str) -> Option<String> {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                self.push(path, Some(&Value::String(s.into())), "unterminated ${...}");
+                return None;
+            };
+            let name = &after[..end];
+            match (self.env)(name) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    self.push(
+                        path,
+                        None,
+                        format!(
+                            "environment variable {name} is not set (referenced as ${{{name}}})"
+                        ),
+                    );
+                    return None;
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Some(out)
+    }
+
+    fn duration(&mut self, path: &str, v: &Value) -> Option<Duration> {
+        let s = match v {
+            Value::String(s) => s.trim(),
+            Value::Number(_) => {
+                self.push(
+                    path,
+                    Some(v),
+                    "a duration needs a unit, for example 5s, 10m, 1h, 90d",
+                );
+                return None;
+            }
+            _ => {
+                self.push(
+                    path,
+                    Some(v),
+                    "expected a duration such as 5s, 10m, 1h, 90d",
+                );
+                return None;
+            }
+        };
+        match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            Ok(_) => {
+                self.push(path, Some(v), "must be greater than zero");
+                None
+            }
+            Err(_) => {
+                self.push(
+                    path,
+                    Some(v),
+                    "expected a duration such as 5s, 10m, 1h, 90d",
+                );
+                None
+            }
+        }
+    }
+
+    fn addr(&mut self, path: &str, v: &Value) -> Option<SocketAddr> {
+        let s = self.string(path, v)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    path,
+                    Some(v),
+                    "expected IP:port, for example 127.0.0.1:8443 or [::]:443",
+                );
+                None
+            }
+        }
+    }
+
+    /// One address or a list of them.
+    fn addrs(&mut self, path: &str, v: &Value) -> Vec<SocketAddr> {
+        match v {
+            Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| self.addr(&format!("{path}[{i}]"), item))
+                .collect(),
+            _ => self.addr(path, v).into_iter().collect(),
+        }
+    }
+
+    fn uint(&mut self, path: &str, v: &Value, min: u64, max: u64) -> Option<u64> {
+        match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.push(
+                    path,
+                    Some(v),
+                    format!("expected a whole number from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn domain(&mut self, path: &str, v: &Value) -> Option<Domain> {
+        let s = self.string(path, v)?;
+        match Domain::parse(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.push(path, Some(v), format!("not a valid DNS name: {e}"));
+                None
+            }
+        }
+    }
+
+    fn pattern(&mut self, path: &str, v: &Value) -> Option<NamePattern> {
+        let s = self.string(path, v)?;
+        if let Some(suffix) = s.strip_prefix("*.") {
+            match Domain::parse(suffix) {
+                Ok(d) => Some(NamePattern::Below(d)),
+                Err(e) => {
+                    self.push(
+                        path,
+                        Some(v),
+                        format!("not a valid `*.suffix` pattern: {e}"),
+                    );
+                    None
+                }
+            }
+        } else {
+            match Domain::parse(&s) {
+                Ok(d) => Some(NamePattern::Exact(d)),
+                Err(e) => {
+                    self.push(
+                        path,
+                        Some(v),
+                        format!("expected a DNS name or `*.suffix` pattern: {e}"),
+                    );
+                    None
+                }
+            }
+        }
+    }
+
+    fn url(&mut self, path: &str, v: &Value, schemes: &[&str]) -> Option<String> {
+        let s = self.string(path, v)?;
+        let ok = schemes.iter().any(|scheme| {
+            s.strip_prefix(scheme)
+                .and_then(|r| r.strip_prefix("://"))
+                .is_some_and(|r| !r.is_empty())
+        });
+        if ok {
+            Some(s)
+        } else {
+            // Do not echo the value: database URLs carry passwords.
+            self.push(
+                path,
+                None,
+                format!("expected a URL starting with {}://", schemes.join("://, ")),
+            );
+            None
+        }
+    }
+
+    fn choice<T: Copy>(&mut self, path: &str, v: &Value, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(path, v)?;
+        match options.iter().find(|(name, _)| *name == s) {
+            Some((_, t)) => Some(*t),
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.push(
+                    path,
+                    Some(v),
+                    format!("expected one of: {}", names.join(", ")),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, path: &str, v: &Value) -> Option<PathBuf> {
+        let s = self.string(path, v)?;
+        if s.is_empty() {
+            self.push(path, Some(v), "must not be empty");
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+}
+
+/// Render a YAML value for an error message, quoted and shortened.
+fn show(v: &Value) -> String {
+    let s = match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Null => "null".into(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " "),
+    };
+    if s.len() > 80 {
+        let mut cut = 77;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}...", &s[..cut])
+    } else {
+        s
+    }
+}
+
+fn format_ignored(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", format_ignored(parent)),
+        P::Map { parent, key } => {
+            let p = format_ignored(parent);
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            format_ignored(parent)
+        }
+    }
+}
+
+impl Config {
+    /// Read and validate a file; `Err` lists every problem found.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                value: None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Config::from_yaml(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse a document; `env` resolves `${NAME}` (tests pass a closure, `load` the process env).
+    pub fn from_yaml(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut list = Vec::new();
+        let mut unknown = Vec::new();
+        let de = serde_yaml::Deserializer::from_str(text);
+        let parsed: Result<raw::File, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(de, &mut |p: serde_ignored::Path<'_>| {
+                unknown.push(format_ignored(&p))
+            }),
+        );
+        let raw = match parsed {
+            Ok(raw) => raw,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                // An empty document is an empty config, reported field by field below.
+                if text.trim().is_empty() || inner.contains("EOF while parsing") {
+                    raw::File::default()
+                } else {
+                    let path = if path == "." { String::new() } else { path };
+                    return Err(ConfigErrors {
+                        file: file.into(),
+                        errors: vec![ConfigError {
+                            path,
+                            value: None,
+                            message: inner,
+                        }],
+                    });
+                }
+            }
+        };
+        for path in unknown {
+            list.push(ConfigError {
+                path,
+                value: None,
+                message: "unknown key (check the spelling against conf/production.yaml)".into(),
+            });
+        }
+        let config = {
+            let mut errs = Errors {
+                list: &mut list,
+                env,
+            };
+            build(&raw, &mut errs)
+        };
+        match config {
+            Some(c) if list.is_empty() => Ok(c),
+            _ => Err(ConfigErrors {
+                file: file.into(),
+                errors: list,
+            }),
+        }
+    }
+}
+
+fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
+    let data_dir = match &raw.data_dir {
+        Some(v) => errs.path("data_dir", v),
+        None => {
+            errs.push(
+                "data_dir",
+                None,
+                "is required (where certificates and the CA live)",
+            );
+            None
+        }
+    };
+
+    // listen
+    let https = match &raw.listen.https {
+        Some(v) => errs.addrs("listen.https", v),
+        None => {
+            errs.push(
+                "listen.https",
+                None,
+                "is required (for example 0.0.0.0:443)",
+            );
+            Vec::new()
+        }
+    };
+    let http = raw
+        .listen
+        .http
+        .as_ref()
+        .map(|v| errs.addrs("listen.http", v))
+        .unwrap_or_default();
+    let metrics = raw
+        .listen
+        .metrics
+        .as_ref()
+        .and_then(|v| errs.addr("listen.metrics", v));
+    let redirect_https_port = match &raw.listen.redirect_https_port {
+        Some(v) => errs
+            .uint("listen.redirect_https_port", v, 1, 65535)
+            .map(|p| p as u16),
+        None => Some(https.first().map(|a| a.port()).unwrap_or(443)),
+    };
+    let all = https
+        .iter()
+        .map(|a| ("listen.https", a))
+        .chain(http.iter().map(|a| ("listen.http", a)))
+        .chain(metrics.iter().map(|a| ("listen.metrics", a)));
+    let mut seen = Vec::new();
+    for (key, a) in all {
+        if seen.contains(a) {
+            errs.push(
+                key,
+                Some(&Value::String(a.to_string())),
+                "address is used by another listener",
+            );
+        }
+        seen.push(*a);
+    }
+
+    // server
+    let s = &raw.server;
+    let threads = s.threads.as_ref().map_or(Some(default_threads()), |v| {
+        errs.uint("server.threads", v, 1, 1024).map(|n| n as usize)
+    });
+    let grace_period = opt_duration(errs, "server.grace_period", &s.grace_period, secs(5));
+    let graceful_shutdown_timeout = opt_duration(
+        errs,
+        "server.graceful_shutdown_timeout",
+        &s.graceful_shutdown_timeout,
+        secs(5),
+    );
+    let pid_file = s
+        .pid_file
+        .as_ref()
+        .map_or(Some("/tmp/tenant-edge.pid".into()), |v| {
+            errs.path("server.pid_file", v)
+        });
+    let upgrade_sock = s
+        .upgrade_sock
+        .as_ref()
+        .map_or(Some("/tmp/tenant-edge-upgrade.sock".into()), |v| {
+            errs.path("server.upgrade_sock", v)
+        });
+    let error_log = s
+        .error_log
+        .as_ref()
+        .and_then(|v| errs.path("server.error_log", v));
+    let user = s.user.as_ref().and_then(|v| errs.string("server.user", v));
+    let group = s
+        .group
+        .as_ref()
+        .and_then(|v| errs.string("server.group", v));
+
+    // tls
+    let t = &raw.tls;
+    let default_name = t.default_name.as_ref().and_then(|v| match v {
+        Value::Null => None,
+        v => errs.domain("tls.default_name", v),
+    });
+    let key_type = t.key_type.as_ref().map_or(Some(KeyType::EcdsaP256), |v| {
+        errs.choice(
+            "tls.key_type",
+            v,
+            &[
+                ("ecdsa_p256", KeyType::EcdsaP256),
+                ("rsa2048", KeyType::Rsa2048),
+            ],
+        )
+    });
+    let issue_timeout = opt_duration(errs, "tls.issue_timeout", &t.issue_timeout, secs(10));
+    if let Some(d) = issue_timeout {
+        if d >= secs(50) {
+            errs.push(
+                "tls.issue_timeout",
+                t.issue_timeout.as_ref(),
+                "must be under 50s: Pingora aborts a TLS handshake after 60s",
+            );
+        }
+    }
+    let cache_capacity = t.cache_capacity.as_ref().map_or(Some(100_000), |v| {
+        errs.uint("tls.cache_capacity", v, 1, 100_000_000)
+    });
+
+    // allow
+    let a = &raw.allow;
+    let platform_domains: Vec<NamePattern> = a
+        .platform_domains
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, v)| errs.pattern(&format!("allow.platform_domains[{i}]"), v))
+        .collect();
+    let database = a.database.as_ref().and_then(|d| {
+        let url = match &d.url {
+            Some(v) => errs.url("allow.database.url", v, &["postgres", "postgresql"]),
+            None => {
+                errs.push(
+                    "allow.database.url",
+                    None,
+                    "is required, for example ${DATABASE_URL}",
+                );
+                None
+            }
+        };
+        let query = d
+            .query
+            .as_ref()
+            .map_or(Some(DEFAULT_ALLOW_QUERY.to_string()), |v| {
+                let q = errs.string("allow.database.query", v)?;
+                if !q.contains("$1") {
+                    errs.push(
+                        "allow.database.query",
+                        Some(v),
+                        "must use $1 for the name being checked",
+                    );
+                    return None;
+                }
+                Some(q)
+            });
+        let timeout = opt_duration(errs, "allow.database.timeout", &d.timeout, secs(2));
+        let pool_size = d.pool_size.as_ref().map_or(Some(4), |v| {
+            errs.uint("allow.database.pool_size", v, 1, 256)
+                .map(|n| n as usize)
+        });
+        Some(DatabaseConfig {
+            url: url?,
+            query: query?,
+            timeout: timeout?,
+            pool_size: pool_size?,
+        })
+    });
+    let ask = a.ask.as_ref().and_then(|k| {
+        let url = match &k.url {
+            Some(v) => errs.url("allow.ask.url", v, &["http", "https"]),
+            None => {
+                errs.push("allow.ask.url", None, "is required");
+                None
+            }
+        };
+        let timeout = opt_duration(errs, "allow.ask.timeout", &k.timeout, secs(2));
+        Some(AskConfig {
+            url: url?,
+            timeout: timeout?,
+        })
+    });
+    let allowed_ttl = opt_duration(errs, "allow.allowed_ttl", &a.allowed_ttl, secs(3600));
+    let denied_ttl = opt_duration(errs, "allow.denied_ttl", &a.denied_ttl, secs(60));
+    if platform_domains.is_empty() && database.is_none() && ask.is_none() && errs.list.is_empty() {
+        errs.push(
+            "allow",
+            None,
+            "allows nothing: set platform_domains, database or ask (otherwise every handshake is refused)",
+        );
+    }
+
+    // issuer
+    let issuer = match (&raw.issuer.internal, &raw.issuer.acme) {
+        (Some(_), Some(_)) => {
+            errs.push(
+                "issuer",
+                None,
+                "set exactly one of issuer.internal and issuer.acme",
+            );
+            None
+        }
+        (None, Some(acme)) => build_acme(acme, errs).map(IssuerConfig::Acme),
+        (internal, None) => {
+            let lifetime = internal
+                .as_ref()
+                .and_then(|i| i.lifetime.as_ref())
+                .map_or(Some(secs(30 * 86400)), |v| {
+                    errs.duration("issuer.internal.lifetime", v)
+                });
+            if let Some(l) = lifetime {
+                if l < secs(120) {
+                    errs.push(
+                        "issuer.internal.lifetime",
+                        None,
+                        format!(
+                            "must be at least 2m (got {})",
+                            humantime::format_duration(l)
+                        ),
+                    );
+                }
+            }
+            lifetime.map(|lifetime| IssuerConfig::Internal(InternalIssuerConfig { lifetime }))
+        }
+    };
+
+    let upstreams = build_upstreams(&raw.upstreams, errs);
+
+    Some(Config {
+        data_dir: data_dir?,
+        listen: Listen {
+            https,
+            http,
+            metrics,
+            redirect_https_port: redirect_https_port?,
+        },
+        server: ServerSettings {
+            threads: threads?,
+            grace_period: grace_period?,
+            graceful_shutdown_timeout: graceful_shutdown_timeout?,
+            pid_file: pid_file?,
+            upgrade_sock: upgrade_sock?,
+            error_log,
+            user,
+            group,
+        },
+        tls: TlsSettings {
+            default_name,
+            key_type: key_type?,
+            issue_timeout: issue_timeout?,
+            cache_capacity: cache_capacity?,
+        },
+        allow: AllowConfig {
+            platform_domains,
+            database,
+            ask,
+            allowed_ttl: allowed_ttl?,
+            denied_ttl: denied_ttl?,
+        },
+        issuer: issuer?,
+        upstreams: upstreams?,
+    })
+}
+
+fn build_acme(acme: &raw::Acme, errs: &mut Errors<'_>) -> Option<AcmeConfig> {
+    let directory = acme
+        .directory
+        .as_ref()
+        .map_or(Some(LETS_ENCRYPT_DIRECTORY.into()), |v| {
+            errs.url("issuer.acme.directory", v, &["https", "http"])
+        });
+    let contact: Vec<String> = acme
+        .contact
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let path = format!("issuer.acme.contact[{i}]");
+            let s = errs.string(&path, v)?;
+            let addr = s.strip_prefix("mailto:").unwrap_or(&s);
+            let valid = addr
+                .split_once('@')
+                .is_some_and(|(user, host)| !user.is_empty() && Domain::parse(host).is_ok());
+            if !valid {
+                errs.push(&path, Some(v), "expected an e-mail address");
+                return None;
+            }
+            Some(format!("mailto:{addr}"))
+        })
+        .collect();
+    let trusted_roots = acme
+        .trusted_roots
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, v)| errs.path(&format!("issuer.acme.trusted_roots[{i}]"), v))
+        .collect();
+    let challenges: Vec<ChallengeType> = match &acme.challenges {
+        None => vec![ChallengeType::TlsAlpn01, ChallengeType::Http01],
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| {
+                errs.choice(
+                    &format!("issuer.acme.challenges[{i}]"),
+                    v,
+                    &[
+                        ("http-01", ChallengeType::Http01),
+                        ("tls-alpn-01", ChallengeType::TlsAlpn01),
+                    ],
+                )
+            })
+            .collect(),
+    };
+    if challenges.is_empty() {
+        errs.push(
+            "issuer.acme.challenges",
+            None,
+            "must list at least one of http-01, tls-alpn-01",
+        );
+    }
+    let profile = acme
+        .profile
+        .as_ref()
+        .and_then(|v| errs.string("issuer.acme.profile", v));
+    Some(AcmeConfig {
+        directory: directory?,
+        contact,
+        trusted_roots,
+        challenges,
+        profile,
+    })
+}
+
+fn build_upstreams(raw: &raw::Upstreams, errs: &mut Errors<'_>) -> Option<UpstreamsConfig> {
+    let mut pools = Vec::new();
+    let mut ok = true;
+    match &raw.pools {
+        None => {
+            errs.push(
+                "upstreams.pools",
+                None,
+                "is required: at least one pool of backends (kamal-proxy)",
+            );
+            ok = false;
+        }
+        Some(map) if map.is_empty() => {
+            errs.push("upstreams.pools", None, "must define at least one pool");
+            ok = false;
+        }
+        Some(map) => {
+            for (name, p) in map {
+                match build_pool(name, p, errs) {
+                    Some(pool) => pools.push(pool),
+                    None => ok = false,
+                }
+            }
+        }
+    }
+    let names: Vec<&str> = raw
+        .pools
+        .iter()
+        .flat_map(|m| m.keys().map(String::as_str))
+        .collect();
+    let pool_index = |errs: &mut Errors<'_>, path: &str, v: &Value| -> Option<usize> {
+        let name = errs.string(path, v)?;
+        match names.iter().position(|n| *n == name) {
+            Some(i) => Some(i),
+            None => {
+                errs.push(
+                    path,
+                    Some(v),
+                    format!("no such pool; defined pools: {}", names.join(", ")),
+                );
+                None
+            }
+        }
+    };
+    let default_pool = match &raw.default_pool {
+        Some(v) => pool_index(errs, "upstreams.default_pool", v),
+        None if names.len() == 1 => Some(0),
+        None if names.is_empty() => None,
+        None => {
+            errs.push(
+                "upstreams.default_pool",
+                None,
+                "is required when there is more than one pool",
+            );
+            None
+        }
+    };
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().flatten().enumerate() {
+        let suffix = match &r.suffix {
+            Some(v) => errs.domain(&format!("upstreams.routes[{i}].suffix"), v),
+            None => {
+                errs.push(
+                    &format!("upstreams.routes[{i}].suffix"),
+                    None,
+                    "is required",
+                );
+                None
+            }
+        };
+        let pool = match &r.pool {
+            Some(v) => pool_index(errs, &format!("upstreams.routes[{i}].pool"), v),
+            None => {
+                errs.push(&format!("upstreams.routes[{i}].pool"), None, "is required");
+                None
+            }
+        };
+        if let (Some(suffix), Some(pool)) = (suffix, pool) {
+            routes.push(RouteConfig { suffix, pool });
+        } else {
+            ok = false;
+        }
+    }
+    // Longest suffix first, so `a.b.example` beats `b.example`.
+    routes.sort_by_key(|r| std::cmp::Reverse(r.suffix.as_str().len()));
+    if !ok {
+        return None;
+    }
+    Some(UpstreamsConfig {
+        pools,
+        default_pool: default_pool?,
+        routes,
+    })
+}
+
+fn build_pool(name: &str, p: &raw::Pool, errs: &mut Errors<'_>) -> Option<PoolConfig> {
+    let base = format!("upstreams.pools.{name}");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        errs.push(
+            &base,
+            None,
+            "pool names use letters, digits, '-' and '_' only",
+        );
+    }
+    let backends: Vec<SocketAddr> = match &p.backends {
+        Some(list) if !list.is_empty() => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| errs.addr(&format!("{base}.backends[{i}]"), v))
+            .collect(),
+        _ => {
+            errs.push(
+                &format!("{base}.backends"),
+                None,
+                "needs at least one IP:port (kamal-proxy, e.g. 127.0.0.1:8080)",
+            );
+            Vec::new()
+        }
+    };
+    let selection = p
+        .selection
+        .as_ref()
+        .map_or(Some(Selection::RoundRobin), |v| {
+            errs.choice(
+                &format!("{base}.selection"),
+                v,
+                &[
+                    ("round_robin", Selection::RoundRobin),
+                    ("consistent_hash", Selection::ConsistentHash),
+                ],
+            )
+        });
+    let connect_timeout = opt_duration(
+        errs,
+        &format!("{base}.connect_timeout"),
+        &p.connect_timeout,
+        secs(2),
+    );
+    let read_timeout = opt_duration(
+        errs,
+        &format!("{base}.read_timeout"),
+        &p.read_timeout,
+        secs(60),
+    );
+    let health_check = match &p.health_check {
+        None => Some(None),
+        Some(h) => build_health_check(&format!("{base}.health_check"), h, errs).map(Some),
+    };
+    if backends.is_empty() {
+        return None;
+    }
+    Some(PoolConfig {
+        name: name.to_string(),
+        backends,
+        selection: selection?,
+        connect_timeout: connect_timeout?,
+        read_timeout: read_timeout?,
+        health_check: health_check?,
+    })
+}
+
+fn build_health_check(
+    base: &str,
+    h: &raw::HealthCheck,
+    errs: &mut Errors<'_>,
+) -> Option<HealthCheckConfig> {
+    #[derive(Clone, Copy)]
+    enum K {
+        Tcp,
+        Http,
+    }
+    let kind = h.kind.as_ref().map_or(Some(K::Http), |v| {
+        errs.choice(
+            &format!("{base}.type"),
+            v,
+            &[("http", K::Http), ("tcp", K::Tcp)],
+        )
+    });
+    let interval = opt_duration(errs, &format!("{base}.interval"), &h.interval, secs(5));
+    let timeout = opt_duration(errs, &format!("{base}.timeout"), &h.timeout, secs(1));
+    let rise = h.rise.as_ref().map_or(Some(1), |v| {
+        errs.uint(&format!("{base}.rise"), v, 1, 100)
+            .map(|n| n as usize)
+    });
+    let fall = h.fall.as_ref().map_or(Some(1), |v| {
+        errs.uint(&format!("{base}.fall"), v, 1, 100)
+            .map(|n| n as usize)
+    });
+    let kind = match kind? {
+        K::Tcp => {
+            for (key, v) in [
+                ("path", &h.path),
+                ("host", &h.host),
+                ("expected_status", &h.expected_status),
+            ] {
+                if v.is_some() {
+                    errs.push(
+                        &format!("{base}.{key}"),
+                        v.as_ref(),
+                        "only applies to type: http",
+                    );
+                }
+            }
+            HealthCheckKind::Tcp
+        }
+        K::Http => {
+            let path = h.path.as_ref().map_or(Some("/up".to_string()), |v| {
+                let p = errs.string(&format!("{base}.path"), v)?;
+                if !p.starts_with('/')
+                    || p.bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+                {
+                    errs.push(
+                        &format!("{base}.path"),
+                        Some(v),
+                        "expected an absolute path such as /up",
+                    );
+                    return None;
+                }
+                Some(p)
+            });
+            let host = h.host.as_ref().map_or(Some("localhost".to_string()), |v| {
+                errs.domain(&format!("{base}.host"), v)
+                    .map(|d| d.to_string())
+            });
+            let expected_status = h.expected_status.as_ref().map_or(Some(200), |v| {
+                errs.uint(&format!("{base}.expected_status"), v, 100, 599)
+                    .map(|n| n as u16)
+            });
+            HealthCheckKind::Http {
+                path: path?,
+                host: host?,
+                expected_status: expected_status?,
+            }
+        }
+    };
+    Some(HealthCheckConfig {
+        kind,
+        interval: interval?,
+        timeout: timeout?,
+        rise: rise?,
+        fall: fall?,
+    })
+}
+
+fn opt_duration(
+    errs: &mut Errors<'_>,
+    path: &str,
+    v: &Option<Value>,
+    default: Duration,
+) -> Option<Duration> {
+    match v {
+        Some(v) => errs.duration(path, v),
+        None => Some(default),
+    }
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+#[cfg(test)]
+mod tests;

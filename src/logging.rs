@@ -1,0 +1,123 @@
+//! Logging: `env_logger` behind a thin filter that rate-limits Pingora's per-connection
+//! handshake error lines.
+//!
+//! Pingora logs one ERROR line for every failed TLS handshake. A refused handshake is normal
+//! traffic for an on-demand edge (scanners, random SNI floods), so those lines are passed at
+//! most 10 per second, with a count of what was dropped; every refusal is still counted in
+//! `tenant_edge_tls_handshakes_total`. All other lines, including Pingora's accept errors, pass
+//! unchanged. `RUST_LOG` works as usual (default: `info`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::certificate::unix_now;
+
+/// At most `per_second` log lines per second; counts what it suppressed. Lock-free.
+pub struct LogBudget {
+    per_second: u64,
+    /// (second << 32) | lines logged in that second.
+    state: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogBudget {
+    pub fn new(per_second: u64) -> LogBudget {
+        LogBudget {
+            per_second,
+            state: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(n)`: log now (`n` lines were suppressed since the last one); `None`: stay quiet.
+    pub fn take(&self) -> Option<u64> {
+        let now = (unix_now() as u64) & 0xffff_ffff;
+        let mut cur = self.state.load(Ordering::Relaxed);
+        loop {
+            let (sec, count) = (cur >> 32, cur & 0xffff_ffff);
+            let next = if sec == now {
+                if count >= self.per_second {
+                    self.suppressed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                cur + 1
+            } else {
+                (now << 32) | 1
+            };
+            match self
+                .state
+                .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(self.suppressed.swap(0, Ordering::Relaxed)),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}
+
+struct Filtered {
+    inner: env_logger::Logger,
+    handshakes: LogBudget,
+}
+
+impl log::Log for Filtered {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.inner.matches(record) {
+            return;
+        }
+        let is_handshake_error = record.target() == "pingora_core::services::listening"
+            && record.args().as_str().map_or_else(
+                || {
+                    record
+                        .args()
+                        .to_string()
+                        .starts_with("Downstream handshake")
+                },
+                |s| s.starts_with("Downstream handshake"),
+            );
+        if !is_handshake_error {
+            return self.inner.log(record);
+        }
+        if let Some(dropped) = self.handshakes.take() {
+            if dropped > 0 {
+                log::warn!("{dropped} TLS handshake error lines were not logged (rate limit)");
+            }
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush()
+    }
+}
+
+/// Install the logger once, at the start of `main`.
+pub fn init() {
+    let inner =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(Filtered {
+        inner,
+        handshakes: LogBudget::new(10),
+    }))
+    .is_ok()
+    {
+        log::set_max_level(max);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_caps_lines_per_second() {
+        let b = LogBudget::new(3);
+        let allowed = (0..100).filter(|_| b.take().is_some()).count();
+        // The loop may straddle a second boundary: at most two windows' worth.
+        assert!((3..=6).contains(&allowed), "{allowed}");
+    }
+}

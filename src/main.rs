@@ -1,0 +1,185 @@
+//! The `tenant-edge` binary: parse the command line, load the config, run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use tenant_edge::check::{check, Level, Probes};
+use tenant_edge::config::Config;
+use tenant_edge::decision::{AllowList, Decision};
+use tenant_edge::domain::Domain;
+use tenant_edge::metrics::Metrics;
+use tenant_edge::server::{build_server, unsupported, RunOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "tenant-edge",
+    version,
+    about = "TLS front door with on-demand certificates, in front of kamal-proxy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the edge.
+    Run {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Run in the background (Pingora daemon mode).
+        #[arg(short, long)]
+        daemon: bool,
+        /// Take over the listeners of a running instance (graceful upgrade; then SIGQUIT the old one).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Build everything, then exit: proves the new binary can start before an upgrade.
+        #[arg(short, long)]
+        test: bool,
+    },
+    /// Validate the file and probe its listen ports, data directory and upstreams.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Validate the file only; probe nothing.
+        #[arg(long)]
+        syntax_only: bool,
+    },
+    /// Say whether NAME is allowed, by which source, or why not.
+    Allow {
+        name: String,
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tenant_edge::logging::init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run {
+            config,
+            daemon,
+            upgrade,
+            test,
+        } => match run(
+            &config,
+            RunOptions {
+                daemon,
+                upgrade,
+                test,
+            },
+        ) {
+            Ok(never) => match never {},
+            Err(e) => {
+                eprintln!("tenant-edge: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check {
+            config,
+            syntax_only,
+        } => {
+            let probes = if syntax_only {
+                Probes::SYNTAX_ONLY
+            } else {
+                Probes::ALL
+            };
+            let findings = check(&config, probes);
+            for f in &findings {
+                println!("{f}");
+            }
+            if findings.iter().any(|f| f.level == Level::Error) {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Allow { name, config } => match allow(&name, &config) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(e) => {
+                eprintln!("tenant-edge: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn run(path: &std::path::Path, opts: RunOptions) -> anyhow::Result<std::convert::Infallible> {
+    let config = Config::load(path)?;
+    let (mut server, edge) = build_server(&config, opts).context("cannot start")?;
+    server.bootstrap();
+    let https: Vec<String> = config.listen.https.iter().map(|a| a.to_string()).collect();
+    log::info!(
+        "tenant-edge {} serving https on {}{}{}",
+        env!("CARGO_PKG_VERSION"),
+        https.join(", "),
+        if config.listen.http.is_empty() {
+            String::new()
+        } else {
+            format!(", http on {:?}", config.listen.http)
+        },
+        config.listen.metrics.map_or(String::new(), |m| format!(
+            ", metrics on http://{m}/metrics"
+        )),
+    );
+    if edge.internal_ca.is_some() {
+        log::info!(
+            "certificates come from the internal CA; clients trust {}",
+            config.data_dir.join(tenant_edge::issuer::CA_CERT).display()
+        );
+    }
+    server.run_forever()
+}
+
+fn allow(name: &str, path: &std::path::Path) -> anyhow::Result<bool> {
+    let config = Config::load(path)?;
+    let domain = match Domain::parse(name) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("{name:?} is refused before any lookup: {e}");
+            return Ok(false);
+        }
+    };
+    if let Some(section) = unsupported(&config).first() {
+        anyhow::bail!(
+            "{section} is not supported by this version yet; only platform_domains can be checked"
+        );
+    }
+    let list = AllowList::new(
+        config.allow.platform_domains.clone(),
+        Vec::new(),
+        std::sync::Arc::new(Metrics::new()?),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    match runtime.block_on(list.decide(&domain))? {
+        Decision::Allowed(source) => {
+            let rule = list
+                .platform_match(&domain)
+                .map(|p| format!(" (allow.platform_domains: {p})"))
+                .unwrap_or_default();
+            println!("{domain} is allowed by {}{rule}", source.kind());
+            Ok(true)
+        }
+        Decision::Denied => {
+            let patterns: Vec<String> = config
+                .allow
+                .platform_domains
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            println!(
+                "{domain} is not allowed: no entry of allow.platform_domains matches ({}); no database or ask URL is configured",
+                patterns.join(", ")
+            );
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The certificate manager: the one place that answers "which certificate for this name?".
+//!
+//! Lookup order for one handshake (DESIGN.md):
+//! 1. the name is already a parsed `Domain` (the TLS callback rejected bad SNI);
+//! 2. the allow-list decides (platform domains, then dynamic sources);
+//! 3. the in-memory cache of parsed certificates (moka, sync: no I/O, no lock across await);
+//! 4. on a miss, one *fill task* per name loads the store and, when nothing usable is there,
+//!    issues, saves and caches the certificate.
+//!
+//! The fill task is spawned, not driven by the handshake: a handshake waits for it at most
+//! `tls.issue_timeout`, and a client that gives up does not cancel the issuance, so the next
+//! handshake finds the certificate. (`moka`'s `try_get_with` coalesces too, but its init future
+//! is cancelled with its callers, which would abandon an ACME order halfway.) Concurrent
+//! handshakes for one name all wait on the same task: exactly one issuance.
+//!
+//! A stored bundle that does not parse, whose key does not match, or that does not name the
+//! domain is logged, counted (`tenant_edge_store_corrupt_files_total`) and treated as absent:
+//! it is replaced by the next issuance and never served.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::certificate::{unix_now, CertifiedKey};
+use crate::decision::{AllowList, Decision, DecisionError};
+use crate::domain::{Domain, DomainError};
+use crate::issuer::{IssueError, Issuer};
+use crate::metrics::{CertSource, Metrics};
+use crate::store::{CertMeta, Store, StoredCert};
+
+/// Why a handshake gets no certificate. `kind()` is the metric label.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    #[error("the client sent no SNI and no tls.default_name is set")]
+    NoSni,
+    #[error("the SNI is not a valid DNS name: {0}")]
+    BadName(DomainError),
+    #[error("{0} is not on the allow-list")]
+    NotAllowed(Domain),
+    #[error("the allow-list could not decide: {0}")]
+    Decision(DecisionError),
+    #[error("issuance failed: {0}")]
+    IssueFailed(IssueError),
+    #[error("issuance is still running after {0:?}; the next handshake will find the certificate")]
+    IssueTimeout(Duration),
+    #[error("the certificate store failed: {0}")]
+    Store(String),
+    #[error("an issued certificate is unusable: {0}")]
+    BadIssue(String),
+}
+
+impl Refusal {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::NoSni => "no_sni",
+            Refusal::BadName(_) => "bad_name",
+            Refusal::NotAllowed(_) => "not_allowed",
+            Refusal::Decision(_) => "decision_error",
+            Refusal::IssueFailed(_) => "issue_failed",
+            Refusal::IssueTimeout(_) => "issue_timeout",
+            Refusal::Store(_) => "store_error",
+            Refusal::BadIssue(_) => "bad_issue",
+        }
+    }
+}
+
+type Outcome = Result<(Arc<CertifiedKey>, CertSource), Refusal>;
+
+pub struct ManagerSettings {
+    pub default_name: Option<Domain>,
+    pub issue_timeout: Duration,
+    pub cache_capacity: u64,
+}
+
+pub struct CertManager {
+    allow: Arc<AllowList>,
+    store: Arc<dyn Store>,
+    issuer: Arc<dyn Issuer>,
+    cache: moka::sync::Cache<Domain, Arc<CertifiedKey>>,
+    /// Fill tasks in progress, by name. Entries are removed by the task that owns them.
+    fills: Mutex<HashMap<Domain, watch::Receiver<Option<Outcome>>>>,
+    settings: ManagerSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl CertManager {
+    pub fn new(
+        allow: Arc<AllowList>,
+        store: Arc<dyn Store>,
+        issuer: Arc<dyn Issuer>,
+        settings: ManagerSettings,
+        metrics: Arc<Metrics>,
+    ) -> Arc<CertManager> {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(settings.cache_capacity)
+            .build();
+        Arc::new(CertManager {
+            allow,
+            store,
+            issuer,
+            cache,
+            fills: Mutex::new(HashMap::new()),
+            settings,
+            metrics,
+        })
+    }
+
+    /// The name a handshake is for: the SNI, or `tls.default_name` when the client sent none.
+    pub fn handshake_name(&self, sni: Option<&str>) -> Result<Domain, Refusal> {
+        match sni {
+            Some(s) => Domain::parse(s).map_err(Refusal::BadName),
+            None => self.settings.default_name.clone().ok_or(Refusal::NoSni),
+        }
+    }
+
+    /// The certificate to present for `name`, issuing one when needed.
+    pub async fn certificate(self: &Arc<Self>, name: &Domain) -> Outcome {
+        match self.allow.decide(name).await {
+            Ok(Decision::Allowed(_)) => {}
+            Ok(Decision::Denied) => return Err(Refusal::NotAllowed(name.clone())),
+            Err(e) => return Err(Refusal::Decision(e)),
+        }
+        if let Some(ck) = self.cached(name) {
+            return Ok((ck, CertSource::Memory));
+        }
+        self.fill(name).await
+    }
+
+    /// The memory cache alone: a certificate that is valid now, or `None`.
+    pub fn cached(&self, name: &Domain) -> Option<Arc<CertifiedKey>> {
+        self.cache.get(name).filter(|ck| ck.is_valid_at(unix_now()))
+    }
+
+    /// Is `name` allowed right now? Used per request, because resumed TLS sessions skip the
+    /// certificate callback.
+    pub async fn is_allowed(&self, name: &Domain) -> bool {
+        matches!(self.allow.decide(name).await, Ok(d) if d.is_allowed())
+    }
+
+    /// Join (or start) the fill task for `name` and wait for it, at most `issue_timeout`.
+    async fn fill(self: &Arc<Self>, name: &Domain) -> Outcome {
+        let mut rx = {
+            let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
+            match fills.get(name) {
+                Some(rx) => rx.clone(),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    fills.insert(name.clone(), rx.clone());
+                    let this = self.clone();
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        let outcome = this.load_or_issue(&name).await;
+                        if let Ok((ck, _)) = &outcome {
+                            this.cache.insert(name.clone(), ck.clone());
+                        }
+                        // Cache first, then unregister: a handshake arriving in between either
+                        // hits the cache or joins this task's channel.
+                        this.fills
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&name);
+                        let _ = tx.send(Some(outcome));
+                    });
+                    rx
+                }
+            }
+        };
+        let wait = self.settings.issue_timeout;
+        let answer = async {
+            match rx.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone(),
+                Err(_) => None,
+            }
+        };
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Some(outcome)) => outcome,
+            Ok(None) => Err(Refusal::Store(
+                "the fill task ended without an answer".into(),
+            )),
+            Err(_) => Err(Refusal::IssueTimeout(wait)),
+        }
+    }
+
+    /// Double-check the store, then issue. Runs in the fill task.
+    async fn load_or_issue(&self, name: &Domain) -> Outcome {
+        match self.store.load(name).await {
+            Ok(Some(stored)) => match CertifiedKey::from_bundle(&stored.bundle, Some(name)) {
+                Ok(ck) if ck.is_valid_at(unix_now()) => {
+                    return Ok((Arc::new(ck), CertSource::Disk))
+                }
+                Ok(_) => {
+                    log::info!("{name}: the stored certificate has expired; issuing a new one")
+                }
+                Err(e) => {
+                    self.metrics
+                        .store_corrupt
+                        .with_label_values(&[e.kind()])
+                        .inc();
+                    log::warn!("{name}: ignoring the stored certificate ({e}); issuing a new one");
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                // The store is unreadable (permissions, I/O): issuing would only fail to save.
+                log::error!("{name}: {e}");
+                return Err(Refusal::Store(e.to_string()));
+            }
+        }
+        self.issue(name).await
+    }
+
+    async fn issue(&self, name: &Domain) -> Outcome {
+        let kind = self.issuer.kind();
+        let started = Instant::now();
+        let issued = self.issuer.issue(name).await;
+        self.metrics
+            .issuance_duration
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        let issued = match issued {
+            Ok(i) => i,
+            Err(e) => {
+                self.metrics
+                    .issuances
+                    .with_label_values(&[kind, "failure"])
+                    .inc();
+                log::warn!("{name}: issuance by {kind} failed: {e}");
+                return Err(Refusal::IssueFailed(e));
+            }
+        };
+        let ck = match CertifiedKey::from_bundle(&issued.bundle, Some(name)) {
+            Ok(ck) => ck,
+            Err(e) => {
+                self.metrics
+                    .issuances
+                    .with_label_values(&[kind, "failure"])
+                    .inc();
+                log::error!("{name}: {kind} returned an unusable certificate: {e}");
+                return Err(Refusal::BadIssue(e.to_string()));
+            }
+        };
+        self.metrics
+            .issuances
+            .with_label_values(&[kind, "success"])
+            .inc();
+        log::info!("{name}: issued by {kind}, valid until {}", ck.not_after);
+        let stored = StoredCert {
+            bundle: issued.bundle,
+            meta: Some(CertMeta {
+                issuer: kind.to_string(),
+                issued_at: unix_now(),
+                not_before: ck.not_before,
+                not_after: ck.not_after,
+            }),
+        };
+        if let Err(e) = self.store.save(name, &stored).await {
+            // Serve it anyway: the client should not pay for a full disk. It is re-issued after
+            // a restart, and the error is in the log.
+            log::error!("{name}: could not save the new certificate: {e}");
+        }
+        Ok((Arc::new(ck), CertSource::Issued))
+    }
+
+    /// Refresh the gauges that describe the cache (called before each scrape).
+    pub fn update_gauges(&self) {
+        self.cache.run_pending_tasks();
+        self.metrics
+            .certificates_cached
+            .set(self.cache.entry_count() as i64);
+        let soonest = self
+            .cache
+            .iter()
+            .map(|(_, ck)| ck.not_after)
+            .min()
+            .unwrap_or(0);
+        self.metrics.soonest_expiry.set(soonest as f64);
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests;

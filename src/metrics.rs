@@ -1,0 +1,214 @@
+//! Prometheus metrics: one `Metrics` value per edge, with its own registry (no global state).
+//!
+//! Every label value comes from a closed set (`&'static str` from an enum's `kind()`, or a
+//! pool name from the config file); never a domain, a tenant, a path or an address taken from
+//! traffic. Families are created here and only incremented elsewhere.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Where the certificate for a handshake came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertSource {
+    Memory,
+    Disk,
+    Issued,
+}
+
+impl CertSource {
+    pub fn kind(self) -> &'static str {
+        match self {
+            CertSource::Memory => "memory",
+            CertSource::Disk => "disk",
+            CertSource::Issued => "issued",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    /// outcome: served | a refusal kind; source: memory | disk | issued | none.
+    pub handshakes: IntCounterVec,
+    /// Completed handshakes, by whether the session was resumed (resumption skips the callback).
+    pub handshakes_completed: IntCounterVec,
+    /// source: platform | database | ask; result: allowed | denied | error.
+    pub decisions: IntCounterVec,
+    /// issuer: internal | acme; outcome: success | failure | timeout.
+    pub issuances: IntCounterVec,
+    pub issuance_duration: HistogramVec,
+    pub certificates_cached: IntGauge,
+    pub soonest_expiry: Gauge,
+    /// reason: a `BundleError` kind; a corrupt, truncated or mismatched file treated as absent.
+    pub store_corrupt: IntCounterVec,
+    /// pool, class: 1xx..5xx | error.
+    pub upstream_requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_retries: IntCounterVec,
+    /// pool: backends currently passing their health check / configured.
+    pub upstream_healthy: IntGaugeVec,
+    pub upstream_backends: IntGaugeVec,
+    /// reason: misdirected | no_host | not_allowed.
+    pub requests_refused: IntCounterVec,
+    /// The plain-HTTP listener. kind: redirect | challenge_hit | challenge_miss | bad_token | bad_host.
+    pub http_requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let r = Registry::new();
+        fn counter(
+            r: &Registry,
+            name: &str,
+            help: &str,
+            labels: &[&str],
+        ) -> prometheus::Result<IntCounterVec> {
+            let c = IntCounterVec::new(Opts::new(format!("tenant_edge_{name}"), help), labels)?;
+            r.register(Box::new(c.clone()))?;
+            Ok(c)
+        }
+        fn histogram(
+            r: &Registry,
+            name: &str,
+            help: &str,
+            labels: &[&str],
+            buckets: &[f64],
+        ) -> prometheus::Result<HistogramVec> {
+            let opts =
+                HistogramOpts::new(format!("tenant_edge_{name}"), help).buckets(buckets.to_vec());
+            let h = HistogramVec::new(opts, labels)?;
+            r.register(Box::new(h.clone()))?;
+            Ok(h)
+        }
+        fn gauges(
+            r: &Registry,
+            name: &str,
+            help: &str,
+            labels: &[&str],
+        ) -> prometheus::Result<IntGaugeVec> {
+            let g = IntGaugeVec::new(Opts::new(format!("tenant_edge_{name}"), help), labels)?;
+            r.register(Box::new(g.clone()))?;
+            Ok(g)
+        }
+        let certificates_cached = IntGauge::new(
+            "tenant_edge_certificates_cached",
+            "Certificates held in memory, ready for handshakes",
+        )?;
+        r.register(Box::new(certificates_cached.clone()))?;
+        let soonest_expiry = Gauge::new(
+            "tenant_edge_certificate_soonest_expiry_timestamp_seconds",
+            "Unix time of the earliest notAfter among certificates held in memory (0 when none)",
+        )?;
+        r.register(Box::new(soonest_expiry.clone()))?;
+
+        const LATENCY: &[f64] = &[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        const ISSUANCE: &[f64] = &[
+            0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        ];
+        Ok(Metrics {
+            handshakes: counter(
+                &r,
+                "tls_handshakes_total",
+                "Certificate selections at handshake time, by outcome and certificate source",
+                &["outcome", "source"],
+            )?,
+            handshakes_completed: counter(
+                &r,
+                "tls_handshakes_completed_total",
+                "TLS handshakes completed, by session resumption",
+                &["resumed"],
+            )?,
+            decisions: counter(
+                &r,
+                "decisions_total",
+                "Allow-list decisions, by source and result",
+                &["source", "result"],
+            )?,
+            issuances: counter(
+                &r,
+                "issuances_total",
+                "Certificate issuance attempts, by issuer and outcome",
+                &["issuer", "outcome"],
+            )?,
+            issuance_duration: histogram(
+                &r,
+                "issuance_duration_seconds",
+                "Time to issue one certificate",
+                &["issuer"],
+                ISSUANCE,
+            )?,
+            certificates_cached,
+            soonest_expiry,
+            store_corrupt: counter(
+                &r,
+                "store_corrupt_files_total",
+                "Stored files found corrupt, truncated or mismatched (treated as absent)",
+                &["reason"],
+            )?,
+            upstream_requests: counter(
+                &r,
+                "upstream_requests_total",
+                "Proxied requests, by pool and response status class",
+                &["pool", "class"],
+            )?,
+            request_duration: histogram(
+                &r,
+                "request_duration_seconds",
+                "Time from request header to end of response",
+                &["pool"],
+                LATENCY,
+            )?,
+            upstream_retries: counter(
+                &r,
+                "upstream_retries_total",
+                "Connect failures retried on another backend",
+                &["pool"],
+            )?,
+            upstream_healthy: gauges(
+                &r,
+                "upstream_backends_healthy",
+                "Backends passing their health check",
+                &["pool"],
+            )?,
+            upstream_backends: gauges(&r, "upstream_backends", "Backends configured", &["pool"])?,
+            requests_refused: counter(
+                &r,
+                "requests_refused_total",
+                "HTTPS requests answered by the edge itself, by reason",
+                &["reason"],
+            )?,
+            http_requests: counter(
+                &r,
+                "http_requests_total",
+                "Requests on the plain-HTTP listener, by kind",
+                &["kind"],
+            )?,
+            registry: r,
+        })
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            log::error!("encoding metrics failed: {e}");
+        }
+        buf
+    }
+}
+
+/// `2xx`-style class of an HTTP status.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "error",
+    }
+}

@@ -1,0 +1,239 @@
+//! The plain-HTTP listener (port 80) and the metrics listener.
+//!
+//! Port 80 does two things: answer ACME HTTP-01 challenges
+//! (`/.well-known/acme-challenge/<token>`, RFC 8555 §8.3) from `Http01Tokens`, and send
+//! everything else to `https://` with a 308, keeping host, path and query. A token is checked
+//! to be base64url before any lookup; nothing from the request is echoed into a response except
+//! a validated host name in the redirect.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::domain::Domain;
+use crate::manager::CertManager;
+use crate::metrics::Metrics;
+use crate::proxy::{request_host, strip_port};
+
+const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// HTTP-01 key authorizations by token, filled by the ACME issuer while an order is pending.
+#[derive(Default)]
+pub struct Http01Tokens {
+    tokens: RwLock<HashMap<String, String>>,
+}
+
+impl Http01Tokens {
+    pub fn insert(&self, token: &str, key_authorization: String) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.to_string(), key_authorization);
+    }
+
+    pub fn remove(&self, token: &str) {
+        self.tokens
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(token);
+    }
+
+    pub fn get(&self, token: &str) -> Option<String> {
+        self.tokens
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
+    }
+}
+
+/// RFC 8555 tokens are base64url without padding; ACME CAs use 43 characters (32 bytes).
+pub fn is_valid_token(token: &str) -> bool {
+    (16..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+pub struct PlainHttp {
+    tokens: Arc<Http01Tokens>,
+    /// Port written in redirects (omitted when 443).
+    https_port: u16,
+    metrics: Arc<Metrics>,
+}
+
+impl PlainHttp {
+    pub fn new(tokens: Arc<Http01Tokens>, https_port: u16, metrics: Arc<Metrics>) -> PlainHttp {
+        PlainHttp {
+            tokens,
+            https_port,
+            metrics,
+        }
+    }
+
+    fn text(&self, kind: &'static str, status: StatusCode, body: &str) -> Response<Vec<u8>> {
+        self.metrics.http_requests.with_label_values(&[kind]).inc();
+        Response::builder()
+            .status(status)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .header("Content-Length", body.len())
+            .body(body.as_bytes().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// The response for a request, separated from the session for unit tests.
+    pub fn answer(&self, host: Option<&str>, path_and_query: &str) -> Response<Vec<u8>> {
+        if let Some(token) = path_and_query.strip_prefix(CHALLENGE_PREFIX) {
+            if !is_valid_token(token) {
+                return self.text("bad_token", StatusCode::BAD_REQUEST, "invalid ACME token\n");
+            }
+            return match self.tokens.get(token) {
+                Some(key_authorization) => {
+                    self.text("challenge_hit", StatusCode::OK, &key_authorization)
+                }
+                None => self.text(
+                    "challenge_miss",
+                    StatusCode::NOT_FOUND,
+                    "no such ACME challenge\n",
+                ),
+            };
+        }
+        let Some(host) = host.and_then(|h| Domain::parse(strip_port(h)).ok()) else {
+            return self.text(
+                "bad_host",
+                StatusCode::BAD_REQUEST,
+                "a valid Host header is required\n",
+            );
+        };
+        let port = if self.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.https_port)
+        };
+        let location = format!("https://{host}{port}{path_and_query}");
+        self.metrics
+            .http_requests
+            .with_label_values(&["redirect"])
+            .inc();
+        Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header("Location", location)
+            .header("Content-Length", 0)
+            .body(Vec::new())
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl ServeHttp for PlainHttp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let host = request_host(req).map(str::to_owned);
+        let path = req
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        self.answer(host.as_deref(), &path)
+    }
+}
+
+/// `/metrics` in the Prometheus text format; gauges about the cache are refreshed per scrape.
+pub struct MetricsApp {
+    manager: Arc<CertManager>,
+}
+
+impl MetricsApp {
+    pub fn new(manager: Arc<CertManager>) -> MetricsApp {
+        MetricsApp { manager }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for MetricsApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if session.req_header().uri.path() != "/metrics" {
+            return Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .header("Content-Length", 10)
+                .body(b"not found\n".to_vec())
+                .unwrap_or_default();
+        }
+        self.manager.update_gauges();
+        let body = self.manager.metrics().encode();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .header("Content-Length", body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> PlainHttp {
+        let tokens = Arc::new(Http01Tokens::default());
+        tokens.insert(
+            "abcdefghijklmnopqrstuvwxyz012345_-ABCDEFGHI",
+            "token.thumbprint".into(),
+        );
+        PlainHttp::new(tokens, 8443, Arc::new(Metrics::new().unwrap()))
+    }
+
+    #[test]
+    fn redirects_keep_host_path_and_query() {
+        let r = app().answer(Some("Shop.Example.com:8880"), "/a/b?c=d&e");
+        assert_eq!(r.status(), 308);
+        assert_eq!(
+            r.headers()["location"],
+            "https://shop.example.com:8443/a/b?c=d&e"
+        );
+        let on_443 = PlainHttp::new(Arc::default(), 443, Arc::new(Metrics::new().unwrap()));
+        assert_eq!(
+            on_443.answer(Some("a.example"), "/").headers()["location"],
+            "https://a.example/"
+        );
+    }
+
+    #[test]
+    fn bad_hosts_are_not_redirected() {
+        for host in [None, Some("evil.example/x"), Some("1.2.3.4"), Some("")] {
+            assert_eq!(app().answer(host, "/").status(), 400, "{host:?}");
+        }
+    }
+
+    #[test]
+    fn challenges_are_validated_then_looked_up() {
+        let a = app();
+        let hit = a.answer(
+            Some("x.example"),
+            "/.well-known/acme-challenge/abcdefghijklmnopqrstuvwxyz012345_-ABCDEFGHI",
+        );
+        assert_eq!(hit.status(), 200);
+        assert_eq!(hit.body(), b"token.thumbprint");
+        let miss = a.answer(
+            Some("x.example"),
+            "/.well-known/acme-challenge/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+        );
+        assert_eq!(miss.status(), 404);
+        for bad in [
+            "../../etc/passwd",
+            "abc",
+            "a%2Fbcdefghijklmnopqrstuvwxyz",
+            "abcdefghijklmnop=qrstuv",
+        ] {
+            let r = a.answer(
+                Some("x.example"),
+                &format!("/.well-known/acme-challenge/{bad}"),
+            );
+            assert_eq!(r.status(), 400, "{bad}");
+        }
+    }
+}

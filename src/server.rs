@@ -1,0 +1,203 @@
+//! Assemble a Pingora `Server` from a `Config`: the HTTPS proxy with its certificate callback,
+//! the plain-HTTP listener, the metrics listener and the upstream health checks.
+//!
+//! Nothing here spawns a task or opens a connection: Pingora forks when daemonizing and gives
+//! each service its own runtime, so everything asynchronous starts inside the services after
+//! `run_forever`. Building does create the data directory and the internal CA (plain file I/O).
+
+use std::sync::Arc;
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::Opt;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+
+use crate::config::{Config, IssuerConfig};
+use crate::decision::AllowList;
+use crate::issuer::{InternalCa, Issuer};
+use crate::manager::{CertManager, ManagerSettings};
+use crate::metrics::Metrics;
+use crate::plain_http::{Http01Tokens, MetricsApp, PlainHttp};
+use crate::proxy::EdgeProxy;
+use crate::store::{create_private_dir, DiskStore};
+use crate::tls::EdgeTls;
+use crate::upstream::Upstreams;
+
+/// Pingora's process options, exposed as flags of `tenant-edge run`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    pub daemon: bool,
+    pub upgrade: bool,
+    pub test: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "{0} is not supported by this version of tenant-edge yet; remove it or use a newer release"
+    )]
+    NotYetSupported(&'static str),
+    #[error("data_dir {path}: {message}")]
+    DataDir { path: String, message: String },
+    #[error("the internal CA: {0}")]
+    Ca(#[from] crate::issuer::CaError),
+    #[error("{0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    #[error("listener {addr}: {message}")]
+    Listener { addr: String, message: String },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Configuration sections that parse but that this version cannot run yet.
+pub fn unsupported(config: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if config.allow.database.is_some() {
+        out.push("allow.database");
+    }
+    if config.allow.ask.is_some() {
+        out.push("allow.ask");
+    }
+    if matches!(config.issuer, IssuerConfig::Acme(_)) {
+        out.push("issuer.acme");
+    }
+    out
+}
+
+/// The parts of a running edge that tests and benchmarks reach into.
+pub struct Edge {
+    pub manager: Arc<CertManager>,
+    pub metrics: Arc<Metrics>,
+    pub tokens: Arc<Http01Tokens>,
+    pub internal_ca: Option<Arc<InternalCa>>,
+}
+
+/// Build the certificate side (allow-list, store, issuer, manager) without any listener.
+pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
+    if let Some(section) = unsupported(config).first() {
+        return Err(BuildError::NotYetSupported(section));
+    }
+    create_private_dir(&config.data_dir).map_err(|e| BuildError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let metrics = Arc::new(Metrics::new()?);
+    let allow = Arc::new(AllowList::new(
+        config.allow.platform_domains.clone(),
+        Vec::new(),
+        metrics.clone(),
+    ));
+    let store = Arc::new(
+        DiskStore::open(&config.data_dir).map_err(|e| BuildError::DataDir {
+            path: config.data_dir.display().to_string(),
+            message: e.to_string(),
+        })?,
+    );
+    let (issuer, internal_ca): (Arc<dyn Issuer>, _) = match &config.issuer {
+        IssuerConfig::Internal(internal) => {
+            let ca = InternalCa::load_or_create(
+                &config.data_dir,
+                internal.lifetime,
+                config.tls.key_type,
+            )?;
+            (ca.clone(), Some(ca))
+        }
+        IssuerConfig::Acme(_) => return Err(BuildError::NotYetSupported("issuer.acme")),
+    };
+    let manager = CertManager::new(
+        allow,
+        store,
+        issuer,
+        ManagerSettings {
+            default_name: config.tls.default_name.clone(),
+            issue_timeout: config.tls.issue_timeout,
+            cache_capacity: config.tls.cache_capacity,
+        },
+        metrics.clone(),
+    );
+    Ok(Edge {
+        manager,
+        metrics,
+        tokens: Arc::new(Http01Tokens::default()),
+        internal_ca,
+    })
+}
+
+fn server_conf(config: &Config, opts: RunOptions) -> ServerConf {
+    let s = &config.server;
+    ServerConf {
+        threads: s.threads,
+        daemon: opts.daemon,
+        pid_file: s.pid_file.display().to_string(),
+        upgrade_sock: s.upgrade_sock.display().to_string(),
+        error_log: s.error_log.as_ref().map(|p| p.display().to_string()),
+        user: s.user.clone(),
+        group: s.group.clone(),
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        // One try plus one retry on another backend (see `EdgeProxy::fail_to_connect`).
+        max_retries: 2,
+        ..ServerConf::default()
+    }
+}
+
+/// The whole server, ready for `run_forever`.
+pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge), BuildError> {
+    let edge = build_edge(config)?;
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        daemon: opts.daemon,
+        test: opts.test,
+        nocapture: false,
+        conf: None,
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(config, opts));
+
+    let upstreams = Arc::new(Upstreams::build(
+        &config.upstreams,
+        &edge.metrics,
+        &mut server,
+    )?);
+
+    let proxy = EdgeProxy::new(edge.manager.clone(), upstreams, edge.metrics.clone());
+    let mut https = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy,
+        "tenant-edge https",
+    );
+    for addr in &config.listen.https {
+        let listener_error = |e: pingora::BError| BuildError::Listener {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        };
+        let mut tls = TlsSettings::with_callbacks(Box::new(EdgeTls::new(edge.manager.clone())))
+            .map_err(listener_error)?;
+        tls.enable_h2();
+        https.add_tls_with_settings(&addr.to_string(), None, tls);
+    }
+    server.add_service(https);
+
+    if !config.listen.http.is_empty() {
+        let app = PlainHttp::new(
+            edge.tokens.clone(),
+            config.listen.redirect_https_port,
+            edge.metrics.clone(),
+        );
+        let mut http = Service::new("tenant-edge http".to_string(), app);
+        for addr in &config.listen.http {
+            http.add_tcp(&addr.to_string());
+        }
+        server.add_service(http);
+    }
+
+    if let Some(addr) = config.listen.metrics {
+        let mut metrics = Service::new(
+            "tenant-edge metrics".to_string(),
+            MetricsApp::new(edge.manager.clone()),
+        );
+        metrics.add_tcp(&addr.to_string());
+        server.add_service(metrics);
+    }
+    Ok((server, edge))
+}
