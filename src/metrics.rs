@@ -33,8 +33,19 @@ pub struct Metrics {
     pub handshakes: IntCounterVec,
     /// Completed handshakes, by whether the session was resumed (resumption skips the callback).
     pub handshakes_completed: IntCounterVec,
-    /// source: platform | database | ask; result: allowed | denied | error.
+    /// source: platform | database | ask | cache; result: allowed | denied | error |
+    /// stale_allowed (source failed, a previous yes was used) | fail_closed (source failed,
+    /// name never allowed before, refused).
     pub decisions: IntCounterVec,
+    /// Queries the database allow-list ran. outcome: ok | error | timeout.
+    pub database_queries: IntCounterVec,
+    /// Ask-URL answers that are configuration errors. reason: redirect | status | unreachable.
+    pub ask_misconfigured: IntCounterVec,
+    /// New orders held back. limit: rate | concurrency | backoff | budget | client.
+    pub issuances_limited: IntCounterVec,
+    /// ACME orders. challenge: http-01 | tls-alpn-01; outcome: valid | invalid | error.
+    pub acme_orders: IntCounterVec,
+    pub acme_order_duration: HistogramVec,
     /// issuer: internal | acme; outcome: success | failure | timeout.
     pub issuances: IntCounterVec,
     pub issuance_duration: HistogramVec,
@@ -126,6 +137,37 @@ impl Metrics {
                 "decisions_total",
                 "Allow-list decisions, by source and result",
                 &["source", "result"],
+            )?,
+            database_queries: counter(
+                &r,
+                "database_queries_total",
+                "Allow-list queries sent to PostgreSQL, by outcome",
+                &["outcome"],
+            )?,
+            ask_misconfigured: counter(
+                &r,
+                "ask_misconfigured_total",
+                "Ask-URL answers that indicate a configuration error, by reason",
+                &["reason"],
+            )?,
+            issuances_limited: counter(
+                &r,
+                "issuances_limited_total",
+                "New certificate orders held back by an abuse limit, by limit",
+                &["limit"],
+            )?,
+            acme_orders: counter(
+                &r,
+                "acme_orders_total",
+                "ACME orders, by challenge type and outcome",
+                &["challenge", "outcome"],
+            )?,
+            acme_order_duration: histogram(
+                &r,
+                "acme_order_duration_seconds",
+                "Time from new order to downloaded certificate",
+                &["challenge"],
+                ISSUANCE,
             )?,
             issuances: counter(
                 &r,
