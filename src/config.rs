@@ -184,9 +184,28 @@ pub struct InternalIssuerConfig {
 pub struct AcmeConfig {
     pub directory: String,
     pub contact: Vec<String>,
-    pub trusted_roots: Vec<PathBuf>,
+    /// A root certificate (PEM) trusted for the directory's own HTTPS, instead of the system's
+    /// (Pebble, a private ACME CA).
+    pub trusted_root: Option<PathBuf>,
     pub challenges: Vec<ChallengeType>,
     pub profile: Option<String>,
+    pub eab: Option<EabConfig>,
+    /// Bound on one order, from newOrder to the downloaded certificate.
+    pub order_timeout: Duration,
+}
+
+/// External Account Binding (RFC 8555 §7.3.4), required by some CAs.
+#[derive(Clone)]
+pub struct EabConfig {
+    pub key_id: String,
+    /// The MAC key, base64url-decoded.
+    pub hmac_key: Vec<u8>,
+}
+
+impl fmt::Debug for EabConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EabConfig").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,9 +359,17 @@ mod raw {
     pub struct Acme {
         pub directory: Leaf,
         pub contact: Option<Vec<Value>>,
-        pub trusted_roots: Option<Vec<Value>>,
+        pub trusted_root: Leaf,
         pub challenges: Option<Vec<Value>>,
         pub profile: Leaf,
+        pub eab: Option<Eab>,
+        pub order_timeout: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Eab {
+        pub key_id: Leaf,
+        pub hmac_key: Leaf,
     }
 
     #[derive(Deserialize, Default)]
@@ -1020,13 +1047,7 @@ fn build_acme(acme: &raw::Acme, errs: &mut Errors<'_>) -> Option<AcmeConfig> {
             Some(format!("mailto:{addr}"))
         })
         .collect();
-    let trusted_roots = acme
-        .trusted_roots
-        .iter()
-        .flatten()
-        .enumerate()
-        .filter_map(|(i, v)| errs.path(&format!("issuer.acme.trusted_roots[{i}]"), v))
-        .collect();
+    let trusted_root = acme.trusted_root.as_ref().and_then(|v| errs.path("issuer.acme.trusted_root", v));
     let challenges: Vec<ChallengeType> = match &acme.challenges {
         None => vec![ChallengeType::TlsAlpn01, ChallengeType::Http01],
         Some(list) => list
@@ -1055,12 +1076,49 @@ fn build_acme(acme: &raw::Acme, errs: &mut Errors<'_>) -> Option<AcmeConfig> {
         .profile
         .as_ref()
         .and_then(|v| errs.string("issuer.acme.profile", v));
+    let eab = acme.eab.as_ref().and_then(|e| {
+        let key_id = match &e.key_id {
+            Some(v) => errs.string("issuer.acme.eab.key_id", v),
+            None => {
+                errs.push("issuer.acme.eab.key_id", None, "is required (the CA's key identifier)");
+                None
+            }
+        };
+        let hmac_key = match &e.hmac_key {
+            Some(v) => errs
+                .string("issuer.acme.eab.hmac_key", v)
+                .and_then(|k| match base64url_decode(&k) {
+                    Some(bytes) if !bytes.is_empty() => Some(bytes),
+                    _ => {
+                        // Never echo a secret.
+                        errs.push(
+                            "issuer.acme.eab.hmac_key",
+                            None,
+                            "expected the base64url MAC key the CA gave you",
+                        );
+                        None
+                    }
+                }),
+            None => {
+                errs.push(
+                    "issuer.acme.eab.hmac_key",
+                    None,
+                    "is required, for example ${ACME_EAB_HMAC_KEY}",
+                );
+                None
+            }
+        };
+        Some(EabConfig { key_id: key_id?, hmac_key: hmac_key? })
+    });
+    let order_timeout = opt_duration(errs, "issuer.acme.order_timeout", &acme.order_timeout, secs(90));
     Some(AcmeConfig {
         directory: directory?,
         contact,
-        trusted_roots,
+        trusted_root,
         challenges,
         profile,
+        eab,
+        order_timeout: order_timeout?,
     })
 }
 
@@ -1311,6 +1369,30 @@ fn build_health_check(
         rise: rise?,
         fall: fall?,
     })
+}
+
+/// Decode base64url (padding optional); `None` on any invalid character.
+fn base64url_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim().trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for b in s.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
 }
 
 fn opt_duration(

@@ -49,6 +49,8 @@ pub enum Refusal {
     Store(String),
     #[error("an issued certificate is unusable: {0}")]
     BadIssue(String),
+    #[error("a TLS-ALPN-01 validation for {0}, but no order is waiting for one")]
+    NoChallenge(Domain),
 }
 
 impl Refusal {
@@ -62,6 +64,7 @@ impl Refusal {
             Refusal::IssueTimeout(_) => "issue_timeout",
             Refusal::Store(_) => "store_error",
             Refusal::BadIssue(_) => "bad_issue",
+            Refusal::NoChallenge(_) => "no_challenge",
         }
     }
 }

@@ -1,19 +1,19 @@
 //! The plain-HTTP listener (port 80) and the metrics listener.
 //!
 //! Port 80 does two things: answer ACME HTTP-01 challenges
-//! (`/.well-known/acme-challenge/<token>`, RFC 8555 §8.3) from `Http01Tokens`, and send
+//! (`/.well-known/acme-challenge/<token>`, RFC 8555 §8.3) from `Challenges`, and send
 //! everything else to `https://` with a 308, keeping host, path and query. A token is checked
 //! to be base64url before any lookup; nothing from the request is echoed into a response except
 //! a validated host name in the redirect.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::challenge::{is_valid_token, Challenges};
 use crate::domain::Domain;
 use crate::manager::CertManager;
 use crate::metrics::Metrics;
@@ -21,55 +21,17 @@ use crate::proxy::{request_host, strip_port};
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// HTTP-01 key authorizations by token, filled by the ACME issuer while an order is pending.
-#[derive(Default)]
-pub struct Http01Tokens {
-    tokens: RwLock<HashMap<String, String>>,
-}
-
-impl Http01Tokens {
-    pub fn insert(&self, token: &str, key_authorization: String) {
-        self.tokens
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(token.to_string(), key_authorization);
-    }
-
-    pub fn remove(&self, token: &str) {
-        self.tokens
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(token);
-    }
-
-    pub fn get(&self, token: &str) -> Option<String> {
-        self.tokens
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(token)
-            .cloned()
-    }
-}
-
-/// RFC 8555 tokens are base64url without padding; ACME CAs use 43 characters (32 bytes).
-pub fn is_valid_token(token: &str) -> bool {
-    (16..=128).contains(&token.len())
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 pub struct PlainHttp {
-    tokens: Arc<Http01Tokens>,
+    challenges: Arc<Challenges>,
     /// Port written in redirects (omitted when 443).
     https_port: u16,
     metrics: Arc<Metrics>,
 }
 
 impl PlainHttp {
-    pub fn new(tokens: Arc<Http01Tokens>, https_port: u16, metrics: Arc<Metrics>) -> PlainHttp {
+    pub fn new(challenges: Arc<Challenges>, https_port: u16, metrics: Arc<Metrics>) -> PlainHttp {
         PlainHttp {
-            tokens,
+            challenges,
             https_port,
             metrics,
         }
@@ -91,7 +53,7 @@ impl PlainHttp {
             if !is_valid_token(token) {
                 return self.text("bad_token", StatusCode::BAD_REQUEST, "invalid ACME token\n");
             }
-            return match self.tokens.get(token) {
+            return match self.challenges.http01(token) {
                 Some(key_authorization) => {
                     self.text("challenge_hit", StatusCode::OK, &key_authorization)
                 }
@@ -178,18 +140,19 @@ impl ServeHttp for MetricsApp {
 mod tests {
     use super::*;
 
-    fn app() -> PlainHttp {
-        let tokens = Arc::new(Http01Tokens::default());
-        tokens.insert(
+    fn app() -> (PlainHttp, crate::challenge::ChallengeGuard) {
+        let challenges = Arc::new(Challenges::default());
+        let guard = challenges.publish_http01(
             "abcdefghijklmnopqrstuvwxyz012345_-ABCDEFGHI",
             "token.thumbprint".into(),
         );
-        PlainHttp::new(tokens, 8443, Arc::new(Metrics::new().unwrap()))
+        let app = PlainHttp::new(challenges, 8443, Arc::new(Metrics::new().unwrap()));
+        (app, guard)
     }
 
     #[test]
     fn redirects_keep_host_path_and_query() {
-        let r = app().answer(Some("Shop.Example.com:8880"), "/a/b?c=d&e");
+        let r = app().0.answer(Some("Shop.Example.com:8880"), "/a/b?c=d&e");
         assert_eq!(r.status(), 308);
         assert_eq!(
             r.headers()["location"],
@@ -205,13 +168,13 @@ mod tests {
     #[test]
     fn bad_hosts_are_not_redirected() {
         for host in [None, Some("evil.example/x"), Some("1.2.3.4"), Some("")] {
-            assert_eq!(app().answer(host, "/").status(), 400, "{host:?}");
+            assert_eq!(app().0.answer(host, "/").status(), 400, "{host:?}");
         }
     }
 
     #[test]
     fn challenges_are_validated_then_looked_up() {
-        let a = app();
+        let (a, _guard) = app();
         let hit = a.answer(
             Some("x.example"),
             "/.well-known/acme-challenge/abcdefghijklmnopqrstuvwxyz012345_-ABCDEFGHI",

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -18,10 +17,12 @@ use crate::decision::AllowList;
 use crate::issuer::{InternalCa, Issuer};
 use crate::manager::{CertManager, ManagerSettings};
 use crate::metrics::Metrics;
-use crate::plain_http::{Http01Tokens, MetricsApp, PlainHttp};
+use crate::acme::AcmeIssuer;
+use crate::challenge::Challenges;
+use crate::plain_http::{MetricsApp, PlainHttp};
 use crate::proxy::EdgeProxy;
 use crate::store::{create_private_dir, DiskStore};
-use crate::tls::EdgeTls;
+use crate::tls::tls_settings;
 use crate::upstream::Upstreams;
 
 /// Pingora's process options, exposed as flags of `tenant-edge run`.
@@ -59,9 +60,6 @@ pub fn unsupported(config: &Config) -> Vec<&'static str> {
     if config.allow.ask.is_some() {
         out.push("allow.ask");
     }
-    if matches!(config.issuer, IssuerConfig::Acme(_)) {
-        out.push("issuer.acme");
-    }
     out
 }
 
@@ -69,7 +67,7 @@ pub fn unsupported(config: &Config) -> Vec<&'static str> {
 pub struct Edge {
     pub manager: Arc<CertManager>,
     pub metrics: Arc<Metrics>,
-    pub tokens: Arc<Http01Tokens>,
+    pub challenges: Arc<Challenges>,
     pub internal_ca: Option<Arc<InternalCa>>,
 }
 
@@ -83,6 +81,7 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
         message: e.to_string(),
     })?;
     let metrics = Arc::new(Metrics::new()?);
+    let challenges = Arc::new(Challenges::default());
     let allow = Arc::new(AllowList::new(
         config.allow.platform_domains.clone(),
         Vec::new(),
@@ -103,7 +102,16 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
             )?;
             (ca.clone(), Some(ca))
         }
-        IssuerConfig::Acme(_) => return Err(BuildError::NotYetSupported("issuer.acme")),
+        IssuerConfig::Acme(acme) => {
+            let issuer = AcmeIssuer::new(
+                acme.clone(),
+                config.tls.key_type,
+                &config.data_dir,
+                challenges.clone(),
+                metrics.clone(),
+            );
+            (Arc::new(issuer), None)
+        }
     };
     let manager = CertManager::new(
         allow,
@@ -119,7 +127,7 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
     Ok(Edge {
         manager,
         metrics,
-        tokens: Arc::new(Http01Tokens::default()),
+        challenges,
         internal_ca,
     })
 }
@@ -171,16 +179,14 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
             addr: addr.to_string(),
             message: e.to_string(),
         };
-        let mut tls = TlsSettings::with_callbacks(Box::new(EdgeTls::new(edge.manager.clone())))
-            .map_err(listener_error)?;
-        tls.enable_h2();
+        let tls = tls_settings(edge.manager.clone(), edge.challenges.clone()).map_err(listener_error)?;
         https.add_tls_with_settings(&addr.to_string(), None, tls);
     }
     server.add_service(https);
 
     if !config.listen.http.is_empty() {
         let app = PlainHttp::new(
-            edge.tokens.clone(),
+            edge.challenges.clone(),
             config.listen.redirect_https_port,
             edge.metrics.clone(),
         );

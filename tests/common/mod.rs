@@ -1,6 +1,8 @@
 //! Test harness: real processes on loopback, ports picked at run time, a data directory per test.
 #![allow(dead_code)]
 
+pub mod pebble;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -99,6 +101,11 @@ impl EdgeSetup {
     /// A config with these ports, platform domains `*.tenant.test` + `tenant.test`, the given
     /// backends (round robin, HTTP health check every 500ms) and `extra` YAML appended.
     pub fn config(&self, backends: &[SocketAddr], extra: &str) -> PathBuf {
+        self.config_with(backends, "  platform_domains: [\"tenant.test\", \"*.tenant.test\"]\n", extra)
+    }
+
+    /// `config` with the body of the `allow:` section given (indented two spaces).
+    pub fn config_with(&self, backends: &[SocketAddr], allow: &str, extra: &str) -> PathBuf {
         let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
         let text = format!(
             r#"data_dir: {data}
@@ -113,8 +120,7 @@ server:
   pid_file: {dir}/edge.pid
   upgrade_sock: {dir}/upgrade.sock
 allow:
-  platform_domains: ["tenant.test", "*.tenant.test"]
-upstreams:
+{allow}upstreams:
   pools:
     app:
       backends: [{backends}]
@@ -194,7 +200,17 @@ upstreams:
         names: &[&str],
         f: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
     ) -> reqwest::Client {
-        let root = reqwest::Certificate::from_pem(&std::fs::read(self.ca_root()).unwrap()).unwrap();
+        self.client_trusting(&std::fs::read(self.ca_root()).unwrap(), names, f)
+    }
+
+    /// A client that trusts only `root_pem` (e.g. Pebble's issuing root).
+    pub fn client_trusting(
+        &self,
+        root_pem: &[u8],
+        names: &[&str],
+        f: impl FnOnce(reqwest::ClientBuilder) -> reqwest::ClientBuilder,
+    ) -> reqwest::Client {
+        let root = reqwest::Certificate::from_pem(root_pem).unwrap();
         let mut b = reqwest::Client::builder()
             .tls_certs_only([root])
             .redirect(reqwest::redirect::Policy::none())
