@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType as AcmeChallenge, ExternalAccountKey, Identifier,
-    NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType as AcmeChallenge,
+    ExternalAccountKey, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, KeyPair};
 use tokio::sync::OnceCell;
@@ -63,13 +63,21 @@ pub fn account_dir(data_dir: &Path, directory: &str) -> PathBuf {
         .next()
         .unwrap_or("ca")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     // FNV-1a: stable across builds (std's hasher is not), enough to separate two paths on one host.
-    let hash = directory
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-    data_dir.join("acme").join(format!("{host}-{:08x}", hash as u32))
+    let hash = directory.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    data_dir
+        .join("acme")
+        .join(format!("{host}-{:08x}", hash as u32))
 }
 
 impl AcmeIssuer {
@@ -81,20 +89,30 @@ impl AcmeIssuer {
         metrics: Arc<Metrics>,
     ) -> AcmeIssuer {
         let account_file = account_dir(data_dir, &config.directory).join("account.json");
-        AcmeIssuer { config, key_type, account_file, account: OnceCell::new(), challenges, metrics }
+        AcmeIssuer {
+            config,
+            key_type,
+            account_file,
+            account: OnceCell::new(),
+            challenges,
+            metrics,
+        }
     }
 
     fn builder(&self) -> Result<instant_acme::AccountBuilder, IssueError> {
         match &self.config.trusted_root {
-            Some(root) => Account::builder_with_root(root)
-                .map_err(|e| IssueError::Unreachable(format!("trusted_root {}: {e}", root.display()))),
+            Some(root) => Account::builder_with_root(root).map_err(|e| {
+                IssueError::Unreachable(format!("trusted_root {}: {e}", root.display()))
+            }),
             None => Account::builder().map_err(|e| IssueError::Unreachable(e.to_string())),
         }
     }
 
     /// The account, loaded from disk or created once (and then stored).
     pub async fn account(&self) -> Result<&Account, IssueError> {
-        self.account.get_or_try_init(|| self.load_or_create_account()).await
+        self.account
+            .get_or_try_init(|| self.load_or_create_account())
+            .await
     }
 
     async fn load_or_create_account(&self) -> Result<Account, IssueError> {
@@ -120,7 +138,11 @@ impl AcmeIssuer {
         let (account, credentials) = self
             .builder()?
             .create(
-                &NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false },
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
                 self.config.directory.clone(),
                 eab.as_ref(),
             )
@@ -131,8 +153,13 @@ impl AcmeIssuer {
         if let Some(dir) = self.account_file.parent() {
             create_private_dir(dir).map_err(|e| IssueError::Refused(e.to_string()))?;
         }
-        write_atomic(&self.account_file, &json, 0o600).map_err(|e| IssueError::Refused(e.to_string()))?;
-        log::info!("created ACME account {} at {}", account.id(), self.config.directory);
+        write_atomic(&self.account_file, &json, 0o600)
+            .map_err(|e| IssueError::Refused(e.to_string()))?;
+        log::info!(
+            "created ACME account {} at {}",
+            account.id(),
+            self.config.directory
+        );
         Ok(account)
     }
 
@@ -150,7 +177,10 @@ impl AcmeIssuer {
             new_order = new_order.profile(profile);
         }
         let dir = &self.config.directory;
-        let mut order = account.new_order(&new_order).await.map_err(|e| classify(dir, e))?;
+        let mut order = account
+            .new_order(&new_order)
+            .await
+            .map_err(|e| classify(dir, e))?;
 
         // Publish a response for every pending authorization; the guards unpublish them when
         // this function returns, whatever the outcome.
@@ -162,9 +192,14 @@ impl AcmeIssuer {
             match authz.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
-                other => return Err(IssueError::Refused(format!("the authorization for {name} is {other:?}"))),
+                other => {
+                    return Err(IssueError::Refused(format!(
+                        "the authorization for {name} is {other:?}"
+                    )))
+                }
             }
-            let offered: Vec<AcmeChallenge> = authz.challenges.iter().map(|c| c.r#type.clone()).collect();
+            let offered: Vec<AcmeChallenge> =
+                authz.challenges.iter().map(|c| c.r#type.clone()).collect();
             let Some(kind) = self
                 .config
                 .challenges
@@ -177,9 +212,9 @@ impl AcmeIssuer {
                 )));
             };
             used = kind;
-            let mut challenge = authz
-                .challenge(acme_type(kind))
-                .ok_or_else(|| IssueError::Refused(format!("{} challenge vanished", challenge_label(kind))))?;
+            let mut challenge = authz.challenge(acme_type(kind)).ok_or_else(|| {
+                IssueError::Refused(format!("{} challenge vanished", challenge_label(kind)))
+            })?;
             let key_authorization = challenge.key_authorization();
             let guard = match kind {
                 ChallengeType::Http01 => self
@@ -198,25 +233,51 @@ impl AcmeIssuer {
             .initial_delay(Duration::from_millis(5))
             .backoff(1.5)
             .timeout(self.config.order_timeout);
-        let status = order.poll_ready(&patience).await.map_err(|e| classify(dir, e))?;
+        let status = order
+            .poll_ready(&patience)
+            .await
+            .map_err(|e| classify(dir, e))?;
         if status != OrderStatus::Ready {
             // Say what the CA answered: the challenge errors of the failed authorizations.
             let mut problems = Vec::new();
             let mut authorizations = order.authorizations();
             while let Some(Ok(authz)) = authorizations.next().await {
-                problems.extend(authz.challenges.iter().filter_map(|c| c.error.as_ref().map(|p| p.to_string())));
+                problems.extend(
+                    authz
+                        .challenges
+                        .iter()
+                        .filter_map(|c| c.error.as_ref().map(|p| p.to_string())),
+                );
             }
-            let detail = if problems.is_empty() { format!("order is {status:?}") } else { problems.join("; ") };
-            return Err(IssueError::Refused(format!("{} validation failed: {detail}", challenge_label(used))));
+            let detail = if problems.is_empty() {
+                format!("order is {status:?}")
+            } else {
+                problems.join("; ")
+            };
+            return Err(IssueError::Refused(format!(
+                "{} validation failed: {detail}",
+                challenge_label(used)
+            )));
         }
         drop(guards);
 
         let (key, csr) = key_and_csr(name, self.key_type)?;
-        order.finalize_csr(&csr).await.map_err(|e| classify(dir, e))?;
-        let chain = order.poll_certificate(&patience).await.map_err(|e| classify(dir, e))?;
+        order
+            .finalize_csr(&csr)
+            .await
+            .map_err(|e| classify(dir, e))?;
+        let chain = order
+            .poll_certificate(&patience)
+            .await
+            .map_err(|e| classify(dir, e))?;
         let mut bundle = key.serialize_pem();
         bundle.push_str(&chain);
-        Ok((Issued { bundle: bundle.into_bytes() }, used))
+        Ok((
+            Issued {
+                bundle: bundle.into_bytes(),
+            },
+            used,
+        ))
     }
 }
 
@@ -224,7 +285,9 @@ impl AcmeIssuer {
 fn classify(directory: &str, e: instant_acme::Error) -> IssueError {
     match e {
         instant_acme::Error::Api(problem) => IssueError::Refused(problem.to_string()),
-        instant_acme::Error::Timeout(_) => IssueError::Unreachable(format!("{directory}: the order did not complete in time")),
+        instant_acme::Error::Timeout(_) => {
+            IssueError::Unreachable(format!("{directory}: the order did not complete in time"))
+        }
         other => IssueError::Unreachable(format!("{directory}: {other}")),
     }
 }
@@ -236,22 +299,30 @@ fn key_and_csr(name: &Domain, key_type: KeyType) -> Result<(KeyPair, Vec<u8>), I
         KeyType::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
     };
     let key = KeyPair::generate_for(alg).map_err(|e| IssueError::Key(e.to_string()))?;
-    let mut params = CertificateParams::new(vec![name.to_string()]).map_err(|e| IssueError::Sign(e.to_string()))?;
+    let mut params = CertificateParams::new(vec![name.to_string()])
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
     params.distinguished_name = DistinguishedName::new();
-    let csr = params.serialize_request(&key).map_err(|e| IssueError::Sign(e.to_string()))?;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
     Ok((key, csr.der().to_vec()))
 }
 
 /// The RFC 8737 §3 challenge certificate: self-signed, SAN = `name`, critical `acmeIdentifier`
 /// extension holding SHA-256(key authorization).
 pub fn tls_alpn01_certificate(name: &Domain, digest: &[u8]) -> Result<CertifiedKey, IssueError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| IssueError::Key(e.to_string()))?;
-    let mut params = CertificateParams::new(vec![name.to_string()]).map_err(|e| IssueError::Sign(e.to_string()))?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| IssueError::Key(e.to_string()))?;
+    let mut params = CertificateParams::new(vec![name.to_string()])
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
     params.distinguished_name = DistinguishedName::new();
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
-    let cert = params.self_signed(&key).map_err(|e| IssueError::Sign(e.to_string()))?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| IssueError::Sign(e.to_string()))?;
     let bundle = format!("{}{}", key.serialize_pem(), cert.pem());
-    CertifiedKey::from_bundle(bundle.as_bytes(), Some(name)).map_err(|e| IssueError::Sign(e.to_string()))
+    CertifiedKey::from_bundle(bundle.as_bytes(), Some(name))
+        .map_err(|e| IssueError::Sign(e.to_string()))
 }
 
 #[async_trait]
@@ -268,7 +339,10 @@ impl Issuer for AcmeIssuer {
             Err(IssueError::Refused(_)) => (challenge_label(self.config.challenges[0]), "invalid"),
             Err(_) => (challenge_label(self.config.challenges[0]), "error"),
         };
-        self.metrics.acme_orders.with_label_values(&[challenge, outcome]).inc();
+        self.metrics
+            .acme_orders
+            .with_label_values(&[challenge, outcome])
+            .inc();
         self.metrics
             .acme_order_duration
             .with_label_values(&[challenge])
@@ -283,13 +357,32 @@ mod tests {
 
     #[test]
     fn account_dirs_are_per_directory_and_readable() {
-        let a = account_dir(Path::new("/d"), "https://acme-v02.api.letsencrypt.org/directory");
-        let b = account_dir(Path::new("/d"), "https://acme-staging-v02.api.letsencrypt.org/directory");
+        let a = account_dir(
+            Path::new("/d"),
+            "https://acme-v02.api.letsencrypt.org/directory",
+        );
+        let b = account_dir(
+            Path::new("/d"),
+            "https://acme-staging-v02.api.letsencrypt.org/directory",
+        );
         let c = account_dir(Path::new("/d"), "https://127.0.0.1:14000/dir");
-        assert!(a.to_string_lossy().starts_with("/d/acme/acme-v02.api.letsencrypt.org-"), "{a:?}");
+        assert!(
+            a.to_string_lossy()
+                .starts_with("/d/acme/acme-v02.api.letsencrypt.org-"),
+            "{a:?}"
+        );
         assert_ne!(a, b);
-        assert!(c.to_string_lossy().starts_with("/d/acme/127.0.0.1_14000-"), "{c:?}");
-        assert_eq!(a, account_dir(Path::new("/d"), "https://acme-v02.api.letsencrypt.org/directory"));
+        assert!(
+            c.to_string_lossy().starts_with("/d/acme/127.0.0.1_14000-"),
+            "{c:?}"
+        );
+        assert_eq!(
+            a,
+            account_dir(
+                Path::new("/d"),
+                "https://acme-v02.api.letsencrypt.org/directory"
+            )
+        );
     }
 
     #[test]
@@ -301,7 +394,10 @@ mod tests {
         let der = ck.leaf().to_der().unwrap();
         // id-pe-acmeIdentifier 1.3.6.1.5.5.7.1.31, critical, OCTET STRING (32 bytes of 7).
         let oid = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1f];
-        let at = der.windows(oid.len()).position(|w| w == oid).expect("acmeIdentifier present");
+        let at = der
+            .windows(oid.len())
+            .position(|w| w == oid)
+            .expect("acmeIdentifier present");
         let rest = &der[at + oid.len()..];
         assert_eq!(&rest[..3], &[0x01, 0x01, 0xff], "critical");
         assert!(rest.windows(32).any(|w| w == digest), "digest present");

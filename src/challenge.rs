@@ -49,21 +49,35 @@ impl Challenges {
     }
 
     /// Publish an HTTP-01 response until the guard is dropped.
-    pub fn publish_http01(self: &Arc<Self>, token: &str, key_authorization: String) -> ChallengeGuard {
+    pub fn publish_http01(
+        self: &Arc<Self>,
+        token: &str,
+        key_authorization: String,
+    ) -> ChallengeGuard {
         self.http01
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(token.to_string(), key_authorization);
-        ChallengeGuard { store: self.clone(), entry: Entry::Http01(token.to_string()) }
+        ChallengeGuard {
+            store: self.clone(),
+            entry: Entry::Http01(token.to_string()),
+        }
     }
 
     /// Publish a TLS-ALPN-01 certificate until the guard is dropped.
-    pub fn publish_tls_alpn01(self: &Arc<Self>, name: &Domain, cert: CertifiedKey) -> ChallengeGuard {
+    pub fn publish_tls_alpn01(
+        self: &Arc<Self>,
+        name: &Domain,
+        cert: CertifiedKey,
+    ) -> ChallengeGuard {
         self.tls_alpn01
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.clone(), Arc::new(cert));
-        ChallengeGuard { store: self.clone(), entry: Entry::TlsAlpn01(name.clone()) }
+        ChallengeGuard {
+            store: self.clone(),
+            entry: Entry::TlsAlpn01(name.clone()),
+        }
     }
 }
 
@@ -117,7 +131,13 @@ mod tests {
 
     #[test]
     fn token_validation() {
-        for bad in ["", "short", "../../etc/passwd/aaaaaaaaaaaa", "abc=defghijklmnopqrs", &"a".repeat(129)] {
+        for bad in [
+            "",
+            "short",
+            "../../etc/passwd/aaaaaaaaaaaa",
+            "abc=defghijklmnopqrs",
+            &"a".repeat(129),
+        ] {
             assert!(!is_valid_token(bad), "{bad}");
         }
     }

@@ -8,8 +8,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::server::unsupported;
+use std::sync::Arc;
+
+use crate::ask::AskUrl;
+use crate::config::{AcmeConfig, Config, IssuerConfig, NamePattern};
+use crate::database::PgAllowList;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -53,6 +57,8 @@ pub struct Probes {
     pub data_dir: bool,
     /// Connect to each upstream backend.
     pub upstreams: bool,
+    /// Ask the database, the ask URL and the ACME directory.
+    pub services: bool,
 }
 
 impl Probes {
@@ -60,11 +66,13 @@ impl Probes {
         ports: true,
         data_dir: true,
         upstreams: true,
+        services: true,
     };
     pub const SYNTAX_ONLY: Probes = Probes {
         ports: false,
         data_dir: false,
         upstreams: false,
+        services: false,
     };
 }
 
@@ -96,13 +104,6 @@ pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
         path.display().to_string(),
         "the configuration is valid",
     )];
-    for section in unsupported(&config) {
-        out.push(finding(
-            Level::Error,
-            section,
-            "not supported by this version of tenant-edge yet: `run` refuses this file",
-        ));
-    }
     if probes.ports {
         let listeners = config
             .listen
@@ -133,7 +134,166 @@ pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
             }
         }
     }
+    if probes.services {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => out.extend(rt.block_on(probe_services(&config))),
+            Err(e) => out.push(finding(
+                Level::Error,
+                "check",
+                format!("cannot start a runtime: {e}"),
+            )),
+        }
+    }
     out
+}
+
+/// The database query, the ask URL and the ACME directory, each with what to do on failure.
+async fn probe_services(config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let metrics = match Metrics::new() {
+        Ok(m) => Arc::new(m),
+        Err(e) => return vec![finding(Level::Error, "check", e.to_string())],
+    };
+    if let Some(db) = &config.allow.database {
+        let subject = "allow.database";
+        out.push(match PgAllowList::new(db, metrics.clone()) {
+            Err(e) => finding(Level::Error, subject, e.to_string()),
+            Ok(pg) => match pg.probe().await {
+                Ok(()) => finding(
+                    Level::Ok,
+                    subject,
+                    "connects, and the allow-list query runs",
+                ),
+                Err(e) => finding(
+                    Level::Error,
+                    subject,
+                    format!("{e}; check DATABASE_URL, the network path and allow.database.query"),
+                ),
+            },
+        });
+    }
+    if let Some(ask) = &config.allow.ask {
+        // A platform domain must get a plain 200: a redirect here is the seed's silent failure.
+        let probe_name = config
+            .allow
+            .platform_domains
+            .iter()
+            .map(|p| match p {
+                NamePattern::Exact(d) | NamePattern::Below(d) => d.clone(),
+            })
+            .next();
+        let subject = "allow.ask.url";
+        out.push(match probe_name {
+            None => finding(
+                Level::Warn,
+                subject,
+                "not probed: no platform domain to ask about",
+            ),
+            Some(name) => match AskUrl::new(ask, metrics.clone()).probe(&name).await {
+                Ok(()) => finding(
+                    Level::Ok,
+                    subject,
+                    format!("answers 200 for the platform domain {name}"),
+                ),
+                Err(e) => finding(
+                    Level::Error,
+                    subject,
+                    format!("asked about the platform domain {name}: {e}"),
+                ),
+            },
+        });
+    }
+    if let IssuerConfig::Acme(acme) = &config.issuer {
+        out.push(probe_acme_directory(acme).await);
+    }
+    out
+}
+
+async fn probe_acme_directory(acme: &AcmeConfig) -> Finding {
+    let subject = format!("issuer.acme.directory {}", acme.directory);
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10));
+    if let Some(root) = &acme.trusted_root {
+        let cert = std::fs::read(root)
+            .ok()
+            .and_then(|pem| reqwest::Certificate::from_pem(&pem).ok());
+        let Some(cert) = cert else {
+            return finding(
+                Level::Error,
+                format!("issuer.acme.trusted_root {}", root.display()),
+                "cannot read a PEM certificate from this file",
+            );
+        };
+        builder = builder.tls_certs_only([cert]);
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => {
+            return finding(
+                Level::Error,
+                subject,
+                format!("cannot build an HTTPS client: {e}"),
+            )
+        }
+    };
+    let response = match client.get(&acme.directory).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return finding(
+                Level::Error,
+                subject,
+                format!(
+                    "unreachable ({e}); check outbound HTTPS from this host, the URL, and issuer.acme.trusted_root for a private CA"
+                ),
+            )
+        }
+    };
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return finding(
+            Level::Error,
+            subject,
+            format!("answered {status}, expected 200 with the ACME directory"),
+        );
+    }
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(dir) if dir.get("newOrder").is_some() => {
+            let mut notes = Vec::new();
+            if dir.get("renewalInfo").is_some() {
+                notes.push("offers ACME Renewal Information");
+            }
+            let profiles = dir.get("meta").and_then(|m| m.get("profiles"));
+            if let Some(profile) = &acme.profile {
+                if profiles.and_then(|p| p.get(profile)).is_none() {
+                    return finding(
+                        Level::Error,
+                        "issuer.acme.profile",
+                        format!("the CA does not offer the profile {profile:?}; remove it or pick one the directory lists"),
+                    );
+                }
+            }
+            let extra = if notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", notes.join(", "))
+            };
+            finding(
+                Level::Ok,
+                subject,
+                format!("answers with an ACME directory{extra}"),
+            )
+        }
+        _ => finding(
+            Level::Error,
+            subject,
+            "answered, but not with an ACME directory (no newOrder); is this the directory URL?",
+        ),
+    }
 }
 
 fn probe_port(key: &str, addr: SocketAddr) -> Finding {

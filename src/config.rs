@@ -80,6 +80,15 @@ pub struct Config {
     pub allow: AllowConfig,
     pub issuer: IssuerConfig,
     pub upstreams: UpstreamsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Abuse limits on new orders and on never-seen names per client (`limits:`).
+#[derive(Debug, Clone, Default)]
+pub struct LimitsConfig {
+    pub issuance: crate::limits::LimitSettings,
+    /// `None`: the pre-TLS client gate is off (`limits.clients.enabled: false`).
+    pub clients: Option<crate::client_gate::ClientGateSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -204,7 +213,9 @@ pub struct EabConfig {
 
 impl fmt::Debug for EabConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EabConfig").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("EabConfig")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -291,6 +302,32 @@ mod raw {
         pub issuer: Issuer,
         #[serde(default)]
         pub upstreams: Upstreams,
+        #[serde(default)]
+        pub limits: Limits,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Limits {
+        pub issuance: Option<IssuanceLimits>,
+        pub clients: Option<ClientLimits>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct IssuanceLimits {
+        pub interval: Leaf,
+        pub burst: Leaf,
+        pub max_concurrent: Leaf,
+        pub backoff_initial: Leaf,
+        pub backoff_max: Leaf,
+        pub budget_per_week: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct ClientLimits {
+        pub enabled: Leaf,
+        pub new_names_burst: Leaf,
+        pub new_names_interval: Leaf,
+        pub ipv6_prefix_len: Leaf,
     }
 
     #[derive(Deserialize, Default)]
@@ -984,6 +1021,7 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
     };
 
     let upstreams = build_upstreams(&raw.upstreams, errs);
+    let limits = build_limits(&raw.limits, errs);
 
     Some(Config {
         data_dir: data_dir?,
@@ -1018,7 +1056,150 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
         },
         issuer: issuer?,
         upstreams: upstreams?,
+        limits: limits?,
     })
+}
+
+/// A duration that may also be `off` (zero: the limit is disabled).
+fn duration_or_off(
+    errs: &mut Errors<'_>,
+    path: &str,
+    v: &Option<Value>,
+    default: Duration,
+) -> Option<Duration> {
+    match v {
+        Some(Value::String(s)) if s.trim() == "off" => Some(Duration::ZERO),
+        Some(Value::Bool(false)) => Some(Duration::ZERO),
+        other => opt_duration(errs, path, other, default),
+    }
+}
+
+fn build_limits(raw: &raw::Limits, errs: &mut Errors<'_>) -> Option<LimitsConfig> {
+    let mut ok = true;
+    let mut issuance = crate::limits::LimitSettings::default();
+    if let Some(i) = &raw.issuance {
+        let base = "limits.issuance";
+        let d = issuance.clone();
+        let interval = duration_or_off(errs, &format!("{base}.interval"), &i.interval, d.interval);
+        let burst = i.burst.as_ref().map_or(Some(d.burst), |v| {
+            errs.uint(&format!("{base}.burst"), v, 1, 1_000_000)
+                .map(|n| n as u32)
+        });
+        let max_concurrent = i
+            .max_concurrent
+            .as_ref()
+            .map_or(Some(d.max_concurrent), |v| {
+                errs.uint(&format!("{base}.max_concurrent"), v, 1, 10_000)
+                    .map(|n| n as usize)
+            });
+        let backoff_initial = duration_or_off(
+            errs,
+            &format!("{base}.backoff_initial"),
+            &i.backoff_initial,
+            d.backoff_initial,
+        );
+        let backoff_max = opt_duration(
+            errs,
+            &format!("{base}.backoff_max"),
+            &i.backoff_max,
+            d.backoff_max,
+        );
+        let budget_per_week = match &i.budget_per_week {
+            None => Some(d.budget_per_week),
+            Some(Value::String(s)) if s.trim() == "off" => Some(None),
+            Some(Value::Bool(false)) => Some(None),
+            Some(v) => errs
+                .uint(&format!("{base}.budget_per_week"), v, 1, 1_000_000)
+                .map(|n| Some(n as u32)),
+        };
+        match (
+            interval,
+            burst,
+            max_concurrent,
+            backoff_initial,
+            backoff_max,
+            budget_per_week,
+        ) {
+            (
+                Some(interval),
+                Some(burst),
+                Some(max_concurrent),
+                Some(backoff_initial),
+                Some(backoff_max),
+                Some(budget_per_week),
+            ) => {
+                issuance = crate::limits::LimitSettings {
+                    interval,
+                    burst,
+                    max_concurrent,
+                    backoff_initial,
+                    backoff_max,
+                    budget_per_week,
+                    ..d
+                };
+                for (field, message) in issuance.validate() {
+                    errs.push(&format!("{base}.{field}"), None, message);
+                    ok = false;
+                }
+            }
+            _ => ok = false,
+        }
+    }
+    let mut clients = Some(crate::client_gate::ClientGateSettings::default());
+    if let Some(c) = &raw.clients {
+        let base = "limits.clients";
+        let d = crate::client_gate::ClientGateSettings::default();
+        let enabled = match &c.enabled {
+            None => Some(true),
+            Some(Value::Bool(b)) => Some(*b),
+            Some(v) => {
+                errs.push(
+                    &format!("{base}.enabled"),
+                    Some(v),
+                    "expected true or false",
+                );
+                None
+            }
+        };
+        let burst = c.new_names_burst.as_ref().map_or(Some(d.burst), |v| {
+            errs.uint(&format!("{base}.new_names_burst"), v, 1, 1_000_000)
+                .map(|n| n as u32)
+        });
+        let refill_interval = opt_duration(
+            errs,
+            &format!("{base}.new_names_interval"),
+            &c.new_names_interval,
+            d.refill_interval,
+        );
+        let ipv6_prefix_len = c
+            .ipv6_prefix_len
+            .as_ref()
+            .map_or(Some(d.ipv6_prefix_len), |v| {
+                errs.uint(&format!("{base}.ipv6_prefix_len"), v, 1, 128)
+                    .map(|n| n as u8)
+            });
+        clients = match (enabled, burst, refill_interval, ipv6_prefix_len) {
+            (Some(false), ..) => None,
+            (Some(true), Some(burst), Some(refill_interval), Some(ipv6_prefix_len)) => {
+                let settings = crate::client_gate::ClientGateSettings {
+                    burst,
+                    refill_interval,
+                    ipv6_prefix_len,
+                    ..d
+                };
+                for (field, message) in settings.validate() {
+                    errs.push(&format!("{base}.{field}"), None, message);
+                    ok = false;
+                }
+                Some(settings)
+            }
+            _ => {
+                ok = false;
+                None
+            }
+        };
+    }
+    ok.then_some(LimitsConfig { issuance, clients })
 }
 
 fn build_acme(acme: &raw::Acme, errs: &mut Errors<'_>) -> Option<AcmeConfig> {
@@ -1047,7 +1228,10 @@ fn build_acme(acme: &raw::Acme, errs: &mut Errors<'_>) -> Option<AcmeConfig> {
             Some(format!("mailto:{addr}"))
         })
         .collect();
-    let trusted_root = acme.trusted_root.as_ref().and_then(|v| errs.path("issuer.acme.trusted_root", v));
+    let trusted_root = acme
+        .trusted_root
+        .as_ref()
+        .and_then(|v| errs.path("issuer.acme.trusted_root", v));
     let challenges: Vec<ChallengeType> = match &acme.challenges {
         None => vec![ChallengeType::TlsAlpn01, ChallengeType::Http01],
         Some(list) => list
@@ -1080,14 +1264,17 @@ fn build_acme(acme: &raw::Acme, errs: &mut Errors<'_>) -> Option<AcmeConfig> {
         let key_id = match &e.key_id {
             Some(v) => errs.string("issuer.acme.eab.key_id", v),
             None => {
-                errs.push("issuer.acme.eab.key_id", None, "is required (the CA's key identifier)");
+                errs.push(
+                    "issuer.acme.eab.key_id",
+                    None,
+                    "is required (the CA's key identifier)",
+                );
                 None
             }
         };
         let hmac_key = match &e.hmac_key {
-            Some(v) => errs
-                .string("issuer.acme.eab.hmac_key", v)
-                .and_then(|k| match base64url_decode(&k) {
+            Some(v) => errs.string("issuer.acme.eab.hmac_key", v).and_then(|k| {
+                match base64url_decode(&k) {
                     Some(bytes) if !bytes.is_empty() => Some(bytes),
                     _ => {
                         // Never echo a secret.
@@ -1098,7 +1285,8 @@ fn build_acme(acme: &raw::Acme, errs: &mut Errors<'_>) -> Option<AcmeConfig> {
                         );
                         None
                     }
-                }),
+                }
+            }),
             None => {
                 errs.push(
                     "issuer.acme.eab.hmac_key",
@@ -1108,9 +1296,17 @@ fn build_acme(acme: &raw::Acme, errs: &mut Errors<'_>) -> Option<AcmeConfig> {
                 None
             }
         };
-        Some(EabConfig { key_id: key_id?, hmac_key: hmac_key? })
+        Some(EabConfig {
+            key_id: key_id?,
+            hmac_key: hmac_key?,
+        })
     });
-    let order_timeout = opt_duration(errs, "issuer.acme.order_timeout", &acme.order_timeout, secs(90));
+    let order_timeout = opt_duration(
+        errs,
+        "issuer.acme.order_timeout",
+        &acme.order_timeout,
+        secs(90),
+    );
     Some(AcmeConfig {
         directory: directory?,
         contact,

@@ -1,17 +1,44 @@
 //! The allow-list: may the edge serve (and issue for) a name?
 //!
-//! Order (DESIGN.md): platform domains from the config (in memory, no I/O), then each dynamic
-//! `DecisionSource` in turn (PostgreSQL, a Caddy-style ask URL). The first source that says yes
-//! wins; a name nobody allows is refused. This module owns policy only: it never touches
-//! certificates, sockets or OpenSSL.
+//! Order (DESIGN.md): platform domains from the config (in memory, no I/O, never cached), then
+//! each dynamic `DecisionSource` in turn (PostgreSQL, a Caddy-style ask URL). The first source
+//! that says yes wins; a name nobody allows is refused.
+//!
+//! This module owns the *policy around* the sources:
+//! - **Cache.** Answers of the dynamic sources are kept in memory, a yes for `allowed_ttl`, a no
+//!   for `denied_ttl` (moka, per-entry expiry, bounded to `CACHE_CAPACITY` names). A flood of
+//!   random names costs at most one lookup per name per `denied_ttl`. Caddy caches nothing,
+//!   so an ask outage there is a TLS outage (issue 3).
+//! - **Coalescing.** Concurrent callers for one name share one lookup. The lookup runs in its own
+//!   task: a handshake that gives up does not cancel it, and its answer is cached for the next.
+//! - **Stale-if-error.** When a source cannot answer, a name allowed before (within
+//!   `ALLOWED_BEFORE_TTL`) stays allowed (`stale_allowed`); a name never allowed is refused
+//!   (`fail_closed`). Neither is cached, so the first answer after the outage counts again.
+//!
+//! It must not touch certificates, sockets or OpenSSL, and it never returns an error for a name:
+//! a name that cannot be decided is a counted refusal. Sources own their I/O and timeouts.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
-use crate::config::NamePattern;
+use crate::config::{AllowConfig, NamePattern};
 use crate::domain::Domain;
+use crate::logging::LogBudget;
 use crate::metrics::Metrics;
+
+/// Most names whose answer is cached (yes and no together). A moka entry for a name costs a few
+/// hundred bytes, so a random-name flood is bounded at a few hundred MB at worst; least
+/// valuable entries are evicted first.
+pub const CACHE_CAPACITY: u64 = 1_000_000;
+/// Most names remembered as "allowed before" for stale-if-error.
+pub const ALLOWED_BEFORE_CAPACITY: u64 = 1_000_000;
+/// How long a yes is remembered for stale-if-error after the last time a source said it.
+pub const ALLOWED_BEFORE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Which source answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +61,7 @@ impl Source {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Allowed(Source),
-    /// No source allows the name.
+    /// No source allows the name (or none could answer and the name was never allowed).
     Denied,
 }
 
@@ -42,47 +69,195 @@ impl Decision {
     pub fn is_allowed(self) -> bool {
         matches!(self, Decision::Allowed(_))
     }
+
+    fn result(self) -> &'static str {
+        match self {
+            Decision::Allowed(_) => "allowed",
+            Decision::Denied => "denied",
+        }
+    }
 }
 
+/// Why a source (or a probe of one) has no answer. Each message says what to do about it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DecisionError {
+    /// The source could not be reached or did not answer in time; retrying later may work.
     #[error("{what} is unavailable: {message}")]
     Unavailable { what: &'static str, message: String },
+    /// The source answered, but in a way that shows its configuration is wrong (a redirecting
+    /// ask URL, a query that does not prepare). Retrying will not help; the config must change.
+    #[error("{what} is misconfigured: {message}")]
+    Misconfigured { what: &'static str, message: String },
 }
 
 impl DecisionError {
     pub fn kind(&self) -> &'static str {
         match self {
             DecisionError::Unavailable { .. } => "unavailable",
+            DecisionError::Misconfigured { .. } => "misconfigured",
         }
     }
 }
 
 /// A dynamic allow-list source (database, ask URL).
+///
+/// Contract:
+/// - `allows` is called at most once per name per cache lifetime by `AllowList` (which caches
+///   and coalesces); a source does not cache on its own.
+/// - `Ok(true)`: this source allows `name`. `Ok(false)`: it does not (the next source is asked;
+///   when none says yes the no is cached for `denied_ttl`).
+/// - `Err`: it could not answer (unreachable, timed out, misconfigured). Nothing is cached; the
+///   name is allowed only if it was allowed before (stale-if-error), else refused.
+/// - It returns within its own bounded timeout: a handshake waits for it.
+/// - `name` is already normalized (lowercase ASCII, no trailing dot).
 #[async_trait]
 pub trait DecisionSource: Send + Sync {
     fn source(&self) -> Source;
-    /// `Ok(true)`: this source allows `name`. `Ok(false)`: it does not (the next source is
-    /// asked). `Err`: it could not answer; the caller fails closed for unknown names.
     async fn allows(&self, name: &Domain) -> Result<bool, DecisionError>;
+}
+
+/// How long answers of the dynamic sources are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionSettings {
+    /// A yes is trusted this long before the source is asked again.
+    pub allowed_ttl: Duration,
+    /// A no is trusted this long: a name added to the database is served after at most this.
+    pub denied_ttl: Duration,
+}
+
+impl Default for DecisionSettings {
+    /// The config file's defaults (`allow.allowed_ttl: 1h`, `allow.denied_ttl: 60s`).
+    fn default() -> DecisionSettings {
+        DecisionSettings {
+            allowed_ttl: Duration::from_secs(3600),
+            denied_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+impl From<&AllowConfig> for DecisionSettings {
+    fn from(allow: &AllowConfig) -> DecisionSettings {
+        DecisionSettings {
+            allowed_ttl: allow.allowed_ttl,
+            denied_ttl: allow.denied_ttl,
+        }
+    }
+}
+
+/// Per-entry expiry: a cached yes lives `allowed_ttl`, a cached no `denied_ttl`.
+struct AnswerExpiry(DecisionSettings);
+
+impl AnswerExpiry {
+    fn ttl(&self, decision: &Decision) -> Duration {
+        match decision {
+            Decision::Allowed(_) => self.0.allowed_ttl,
+            Decision::Denied => self.0.denied_ttl,
+        }
+    }
+}
+
+impl moka::Expiry<Domain, Decision> for AnswerExpiry {
+    fn expire_after_create(&self, _: &Domain, value: &Decision, _: Instant) -> Option<Duration> {
+        Some(self.ttl(value))
+    }
+
+    // A replaced answer gets the TTL of its new value, not what was left of the old one.
+    fn expire_after_update(
+        &self,
+        _: &Domain,
+        value: &Decision,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.ttl(value))
+    }
+}
+
+/// What one lookup of the dynamic sources produced.
+#[derive(Debug, Clone)]
+enum Outcome {
+    /// Every source answered (or one said yes): a cacheable decision.
+    Answered(Decision),
+    /// No source said yes and at least one failed; `source` is the first that failed.
+    Failed {
+        source: Source,
+        error: DecisionError,
+    },
+}
+
+/// A lookup in progress. `id` tells a finishing task whether it is still the registered one
+/// (`forget` unregisters it so that its possibly outdated answer is not cached).
+struct InFlight {
+    id: u64,
+    rx: watch::Receiver<Option<Outcome>>,
+}
+
+/// State shared with the lookup tasks.
+struct Shared {
+    sources: Vec<Arc<dyn DecisionSource>>,
+    answers: moka::sync::Cache<Domain, Decision>,
+    /// The source of the last yes for each name, for stale-if-error. A definitive no removes it.
+    allowed_before: moka::sync::Cache<Domain, Source>,
+    lookups: Mutex<HashMap<Domain, InFlight>>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+    /// Source errors and stale/fail-closed fallbacks are logged at most once a second each:
+    /// during an outage every new name would log a line.
+    error_log: LogBudget,
+    fallback_log: LogBudget,
 }
 
 pub struct AllowList {
     platform: Vec<NamePattern>,
-    sources: Vec<Arc<dyn DecisionSource>>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+}
+
+enum Joined {
+    Cached(Decision),
+    Wait {
+        rx: watch::Receiver<Option<Outcome>>,
+        started: bool,
+    },
 }
 
 impl AllowList {
+    /// An allow-list with the default TTLs (see `DecisionSettings::default`).
     pub fn new(
         platform: Vec<NamePattern>,
         sources: Vec<Arc<dyn DecisionSource>>,
         metrics: Arc<Metrics>,
     ) -> AllowList {
+        AllowList::with_settings(platform, sources, DecisionSettings::default(), metrics)
+    }
+
+    /// An allow-list whose cached answers live as long as `settings` says. Nothing here does
+    /// I/O or spawns: lookups start on the first `decide` for a name.
+    pub fn with_settings(
+        platform: Vec<NamePattern>,
+        sources: Vec<Arc<dyn DecisionSource>>,
+        settings: DecisionSettings,
+        metrics: Arc<Metrics>,
+    ) -> AllowList {
+        let answers = moka::sync::Cache::builder()
+            .max_capacity(CACHE_CAPACITY)
+            .expire_after(AnswerExpiry(settings))
+            .build();
+        let allowed_before = moka::sync::Cache::builder()
+            .max_capacity(ALLOWED_BEFORE_CAPACITY)
+            .time_to_live(ALLOWED_BEFORE_TTL)
+            .build();
         AllowList {
             platform,
-            sources,
-            metrics,
+            shared: Arc::new(Shared {
+                sources,
+                answers,
+                allowed_before,
+                lookups: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                metrics,
+                error_log: LogBudget::new(1),
+                fallback_log: LogBudget::new(1),
+            }),
         }
     }
 
@@ -91,56 +266,309 @@ impl AllowList {
         self.platform.iter().find(|p| p.matches(name))
     }
 
-    /// Ask every source in order.
+    /// Whether any dynamic source (database, ask URL) is configured.
+    pub fn has_sources(&self) -> bool {
+        !self.shared.sources.is_empty()
+    }
+
+    /// Ask every dynamic source directly, bypassing the cache, and return each answer
+    /// (for `tenant-edge allow`, which must say *why* a name is refused).
+    pub async fn explain(&self, name: &Domain) -> Vec<(Source, Result<bool, DecisionError>)> {
+        let mut out = Vec::with_capacity(self.shared.sources.len());
+        for source in &self.shared.sources {
+            out.push((source.source(), source.allows(name).await));
+        }
+        out
+    }
+
+    /// Is `name` allowed? Platform domains first, then the cache, then one shared lookup of the
+    /// dynamic sources. Never `Err` in practice: a name the sources cannot decide is allowed
+    /// when it was allowed before, else refused (both counted). The signature keeps `Result`
+    /// so callers need not change if a hard error is ever needed.
+    ///
+    /// Must be called inside a tokio runtime (a cache miss spawns the lookup task).
     pub async fn decide(&self, name: &Domain) -> Result<Decision, DecisionError> {
         if self.platform_match(name).is_some() {
-            self.count(Source::Platform, "allowed");
+            self.shared.count("platform", "allowed");
             return Ok(Decision::Allowed(Source::Platform));
         }
+        if self.shared.sources.is_empty() {
+            self.shared.count("platform", "denied");
+            return Ok(Decision::Denied);
+        }
+        if let Some(decision) = self.shared.answers.get(name) {
+            self.shared.count("cache", decision.result());
+            return Ok(decision);
+        }
+        let (mut rx, started) = match self.join_or_start(name) {
+            Joined::Cached(decision) => {
+                self.shared.count("cache", decision.result());
+                return Ok(decision);
+            }
+            Joined::Wait { rx, started } => (rx, started),
+        };
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|o| o.clone());
+        match outcome {
+            Some(Outcome::Answered(decision)) => {
+                // The task counted the source answers once; callers that joined it were
+                // answered without a query of their own, like a cache hit.
+                if !started {
+                    self.shared.count("cache", decision.result());
+                }
+                Ok(decision)
+            }
+            Some(Outcome::Failed { source, error }) => {
+                Ok(self.shared.fall_back(name, source, &error))
+            }
+            None => {
+                // The lookup task panicked (a bug in a source); treat it as an outage.
+                let source = self
+                    .shared
+                    .sources
+                    .first()
+                    .map_or(Source::Platform, |s| s.source());
+                let error = DecisionError::Unavailable {
+                    what: "allow-list",
+                    message: "the lookup task ended without an answer".into(),
+                };
+                Ok(self.shared.fall_back(name, source, &error))
+            }
+        }
+    }
+
+    /// Drop the cached answer for `name` (for example when the database says its companies
+    /// changed). A lookup in progress still answers its waiters but its answer is not cached;
+    /// the next `decide` asks the sources again. "Allowed before" is kept for stale-if-error.
+    pub fn forget(&self, name: &Domain) {
+        let mut lookups = self.shared.lock_lookups();
+        lookups.remove(name);
+        self.shared.answers.invalidate(name);
+    }
+
+    /// True when `decide(name)` would answer without any I/O: a platform domain, or a name with
+    /// a cached answer (yes or no). The pre-TLS per-client gate uses it to tell never-seen names
+    /// (which cost a lookup) from known ones. No I/O, no await.
+    pub fn is_known(&self, name: &Domain) -> bool {
+        self.platform_match(name).is_some() || self.shared.answers.contains_key(name)
+    }
+
+    /// Join the lookup in progress for `name`, or start one.
+    fn join_or_start(&self, name: &Domain) -> Joined {
+        let mut lookups = self.shared.lock_lookups();
+        if let Some(in_flight) = lookups.get(name) {
+            return Joined::Wait {
+                rx: in_flight.rx.clone(),
+                started: false,
+            };
+        }
+        // A lookup that finished between our cache check and the lock has cached its answer
+        // (it caches before it unregisters, under this lock): do not query twice.
+        if let Some(decision) = self.shared.answers.get(name) {
+            return Joined::Cached(decision);
+        }
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = watch::channel(None);
+        lookups.insert(name.clone(), InFlight { id, rx: rx.clone() });
+        drop(lookups);
+        let shared = self.shared.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            // Unregisters even if a source panics, so the name is not stuck on a dead lookup.
+            let guard = Unregister {
+                shared: shared.clone(),
+                name: name.clone(),
+                id,
+            };
+            let outcome = shared.ask_sources(&name).await;
+            shared.finish(&name, id, &outcome);
+            drop(guard);
+            let _ = tx.send(Some(outcome));
+        });
+        Joined::Wait { rx, started: true }
+    }
+}
+
+impl Shared {
+    fn lock_lookups(&self) -> MutexGuard<'_, HashMap<Domain, InFlight>> {
+        self.lookups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, source: &'static str, result: &'static str) {
+        self.metrics
+            .decisions
+            .with_label_values(&[source, result])
+            .inc();
+    }
+
+    /// Ask every source in order; the first yes wins. A failing source does not stop the
+    /// others (the ask URL may still say yes), but a no from the rest is then not definitive.
+    async fn ask_sources(&self, name: &Domain) -> Outcome {
+        let mut failed: Option<(Source, DecisionError)> = None;
         for source in &self.sources {
+            let kind = source.source();
             match source.allows(name).await {
                 Ok(true) => {
-                    self.count(source.source(), "allowed");
-                    return Ok(Decision::Allowed(source.source()));
+                    self.count(kind.kind(), "allowed");
+                    return Outcome::Answered(Decision::Allowed(kind));
                 }
-                Ok(false) => self.count(source.source(), "denied"),
+                Ok(false) => self.count(kind.kind(), "denied"),
                 Err(e) => {
-                    self.count(source.source(), "error");
-                    return Err(e);
+                    self.count(kind.kind(), "error");
+                    if let Some(dropped) = self.error_log.take() {
+                        log::error!(
+                            "allow-list: {e} (asked about {name}){}",
+                            suppressed(dropped)
+                        );
+                    }
+                    if failed.is_none() {
+                        failed = Some((kind, e));
+                    }
                 }
             }
         }
-        if self.sources.is_empty() {
-            self.count(Source::Platform, "denied");
+        match failed {
+            Some((source, error)) => Outcome::Failed { source, error },
+            None => Outcome::Answered(Decision::Denied),
         }
-        Ok(Decision::Denied)
     }
 
-    fn count(&self, source: Source, result: &'static str) {
-        self.metrics
-            .decisions
-            .with_label_values(&[source.kind(), result])
-            .inc();
+    /// Record a lookup's outcome: cache a definitive answer (unless `forget` unregistered the
+    /// lookup meanwhile) and keep "allowed before" up to date.
+    fn finish(&self, name: &Domain, id: u64, outcome: &Outcome) {
+        let mut lookups = self.lock_lookups();
+        let current = lookups.get(name).is_some_and(|f| f.id == id);
+        if let Outcome::Answered(decision) = outcome {
+            match decision {
+                Decision::Allowed(source) => self.allowed_before.insert(name.clone(), *source),
+                // A definitive no (company deactivated, domain removed) ends stale-if-error.
+                Decision::Denied => self.allowed_before.invalidate(name),
+            }
+            if current {
+                self.answers.insert(name.clone(), *decision);
+            }
+        }
+        if current {
+            lookups.remove(name);
+        }
+    }
+
+    /// Stale-if-error / fail closed, for a name the sources could not decide.
+    fn fall_back(&self, name: &Domain, failed: Source, error: &DecisionError) -> Decision {
+        match self.allowed_before.get(name) {
+            Some(before) => {
+                self.count(before.kind(), "stale_allowed");
+                if let Some(dropped) = self.fallback_log.take() {
+                    log::warn!(
+                        "{name}: still allowed because {} allowed it before, although {error}{}",
+                        before.kind(),
+                        suppressed(dropped)
+                    );
+                }
+                Decision::Allowed(before)
+            }
+            None => {
+                self.count(failed.kind(), "fail_closed");
+                if let Some(dropped) = self.fallback_log.take() {
+                    log::warn!(
+                        "{name}: refused (fail closed): never allowed before and {error}{}",
+                        suppressed(dropped)
+                    );
+                }
+                Decision::Denied
+            }
+        }
+    }
+}
+
+fn suppressed(dropped: u64) -> String {
+    if dropped == 0 {
+        String::new()
+    } else {
+        format!(" ({dropped} similar lines not logged)")
+    }
+}
+
+/// Removes a lookup's registration when its task ends, whatever way it ends.
+struct Unregister {
+    shared: Arc<Shared>,
+    name: Domain,
+    id: u64,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        let mut lookups = self.shared.lock_lookups();
+        if lookups.get(&self.name).is_some_and(|f| f.id == self.id) {
+            lookups.remove(&self.name);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     fn d(s: &str) -> Domain {
         Domain::parse(s).unwrap()
     }
 
-    struct Fixed(bool);
+    /// A source whose answer the test sets: `Some(yes)` or `None` for "unavailable".
+    struct Scripted {
+        answer: Mutex<Option<bool>>,
+        calls: AtomicUsize,
+        delay: Duration,
+    }
+
+    impl Scripted {
+        fn new(answer: Option<bool>) -> Arc<Scripted> {
+            Arc::new(Scripted {
+                answer: Mutex::new(answer),
+                calls: AtomicUsize::new(0),
+                delay: Duration::ZERO,
+            })
+        }
+        fn set(&self, answer: Option<bool>) {
+            *self.answer.lock().unwrap() = answer;
+        }
+        fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
     #[async_trait]
-    impl DecisionSource for Fixed {
+    impl DecisionSource for Scripted {
         fn source(&self) -> Source {
             Source::Database
         }
         async fn allows(&self, _: &Domain) -> Result<bool, DecisionError> {
-            Ok(self.0)
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            // Read when asked, answer later: like a query that saw the row before it changed.
+            let answer = *self.answer.lock().unwrap();
+            tokio::time::sleep(self.delay).await;
+            answer.ok_or_else(|| DecisionError::Unavailable {
+                what: "database",
+                message: "scripted outage".into(),
+            })
         }
+    }
+
+    fn list(source: Arc<Scripted>, allowed: u64, denied: u64) -> (AllowList, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let settings = DecisionSettings {
+            allowed_ttl: Duration::from_millis(allowed),
+            denied_ttl: Duration::from_millis(denied),
+        };
+        let list = AllowList::with_settings(vec![], vec![source], settings, metrics.clone());
+        (list, metrics)
+    }
+
+    fn count(metrics: &Metrics, source: &str, result: &str) -> u64 {
+        metrics.decisions.with_label_values(&[source, result]).get()
     }
 
     #[tokio::test]
@@ -167,16 +595,136 @@ mod tests {
             list.decide(&d("www.example.com")).await.unwrap(),
             Decision::Denied
         );
+        assert!(list.is_known(&d("example.com")));
+        assert!(!list.is_known(&d("www.example.com")));
 
-        let with_db = AllowList::new(platform, vec![Arc::new(Fixed(true))], metrics.clone());
+        let with_db = AllowList::new(platform, vec![Scripted::new(Some(true))], metrics.clone());
         assert_eq!(
             with_db.decide(&d("tenant.test")).await.unwrap(),
             Decision::Allowed(Source::Database)
         );
-        let allowed = metrics
-            .decisions
-            .with_label_values(&["database", "allowed"])
-            .get();
-        assert_eq!(allowed, 1);
+        assert_eq!(count(&metrics, "database", "allowed"), 1);
+        // A platform name never reaches the sources.
+        assert_eq!(
+            with_db.decide(&d("example.com")).await.unwrap(),
+            Decision::Allowed(Source::Platform)
+        );
+        assert_eq!(count(&metrics, "database", "allowed"), 1);
+    }
+
+    #[tokio::test]
+    async fn yes_and_no_are_cached_with_their_own_ttls() {
+        let source = Scripted::new(Some(false));
+        let (list, metrics) = list(source.clone(), 60_000, 150);
+        let name = d("new.tenant.test");
+        assert!(!list.is_known(&name));
+        assert_eq!(list.decide(&name).await.unwrap(), Decision::Denied);
+        assert!(list.is_known(&name));
+        source.set(Some(true));
+        // The no is still cached.
+        assert_eq!(list.decide(&name).await.unwrap(), Decision::Denied);
+        assert_eq!(source.calls(), 1);
+        assert_eq!(count(&metrics, "cache", "denied"), 1);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!list.is_known(&name));
+        assert_eq!(
+            list.decide(&name).await.unwrap(),
+            Decision::Allowed(Source::Database)
+        );
+        // The yes outlives the denied TTL.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        source.set(Some(false));
+        assert!(list.decide(&name).await.unwrap().is_allowed());
+        assert_eq!(source.calls(), 2);
+        // `forget` drops it: the next decision asks again.
+        list.forget(&name);
+        assert!(!list.is_known(&name));
+        assert_eq!(list.decide(&name).await.unwrap(), Decision::Denied);
+        assert_eq!(source.calls(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_lookups_share_one_query() {
+        let source = Arc::new(Scripted {
+            answer: Mutex::new(Some(true)),
+            calls: AtomicUsize::new(0),
+            delay: Duration::from_millis(100),
+        });
+        let (list, metrics) = list(source.clone(), 60_000, 60_000);
+        let list = Arc::new(list);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let list = list.clone();
+            tasks.spawn(async move { list.decide(&d("shop.tenant.test")).await.unwrap() });
+        }
+        while let Some(decision) = tasks.join_next().await {
+            assert_eq!(decision.unwrap(), Decision::Allowed(Source::Database));
+        }
+        assert_eq!(source.calls(), 1);
+        assert_eq!(count(&metrics, "database", "allowed"), 1);
+        assert_eq!(count(&metrics, "cache", "allowed"), 19);
+    }
+
+    #[tokio::test]
+    async fn stale_if_error_then_fail_closed_then_recovery() {
+        let source = Scripted::new(Some(true));
+        let (list, metrics) = list(source.clone(), 50, 50);
+        let known = d("shop.tenant.test");
+        assert!(list.decide(&known).await.unwrap().is_allowed());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+
+        source.set(None);
+        assert_eq!(
+            list.decide(&known).await.unwrap(),
+            Decision::Allowed(Source::Database)
+        );
+        assert_eq!(count(&metrics, "database", "stale_allowed"), 1);
+        let never = d("never.tenant.test");
+        assert_eq!(list.decide(&never).await.unwrap(), Decision::Denied);
+        assert_eq!(count(&metrics, "database", "fail_closed"), 1);
+        assert_eq!(count(&metrics, "database", "error"), 2);
+        // Failures are not cached: the next call asks again, and recovery is immediate.
+        assert!(!list.is_known(&never));
+        source.set(Some(true));
+        assert!(list.decide(&never).await.unwrap().is_allowed());
+    }
+
+    #[tokio::test]
+    async fn a_definitive_no_ends_stale_if_error() {
+        let source = Scripted::new(Some(true));
+        let (list, metrics) = list(source.clone(), 50, 50);
+        let name = d("gone.tenant.test");
+        assert!(list.decide(&name).await.unwrap().is_allowed());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        source.set(Some(false)); // the company was deactivated
+        assert_eq!(list.decide(&name).await.unwrap(), Decision::Denied);
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        source.set(None); // then the database went away
+        assert_eq!(list.decide(&name).await.unwrap(), Decision::Denied);
+        assert_eq!(count(&metrics, "database", "stale_allowed"), 0);
+        assert_eq!(count(&metrics, "database", "fail_closed"), 1);
+    }
+
+    #[tokio::test]
+    async fn forget_during_a_lookup_keeps_its_answer_out_of_the_cache() {
+        let source = Arc::new(Scripted {
+            answer: Mutex::new(Some(false)),
+            calls: AtomicUsize::new(0),
+            delay: Duration::from_millis(100),
+        });
+        let (list, _) = list(source.clone(), 60_000, 60_000);
+        let list = Arc::new(list);
+        let name = d("late.tenant.test");
+        let pending = {
+            let (list, name) = (list.clone(), name.clone());
+            tokio::spawn(async move { list.decide(&name).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        list.forget(&name); // the row changed while the (old) answer was on its way
+        source.set(Some(true));
+        assert_eq!(pending.await.unwrap(), Decision::Denied);
+        assert!(!list.is_known(&name));
+        assert!(list.decide(&name).await.unwrap().is_allowed());
+        assert_eq!(source.calls(), 2);
     }
 }

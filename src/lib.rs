@@ -14,12 +14,18 @@
 //! - `plain_http`: port 80 (ACME HTTP-01, redirects) and `/metrics`.
 //! - `metrics`, `logging`, `check`, `server` (assembly).
 
+pub mod acme;
+pub mod ask;
 pub mod certificate;
+pub mod challenge;
 pub mod check;
+pub mod client_gate;
 pub mod config;
+pub mod database;
 pub mod decision;
 pub mod domain;
 pub mod issuer;
+pub mod limits;
 pub mod logging;
 pub mod manager;
 pub mod metrics;

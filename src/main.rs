@@ -8,10 +8,10 @@ use clap::{Parser, Subcommand};
 
 use tenant_edge::check::{check, Level, Probes};
 use tenant_edge::config::Config;
-use tenant_edge::decision::{AllowList, Decision};
+use tenant_edge::decision::Source;
 use tenant_edge::domain::Domain;
 use tenant_edge::metrics::Metrics;
-use tenant_edge::server::{build_server, unsupported, RunOptions};
+use tenant_edge::server::{allow_list, build_server, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -146,40 +146,49 @@ fn allow(name: &str, path: &std::path::Path) -> anyhow::Result<bool> {
             return Ok(false);
         }
     };
-    if let Some(section) = unsupported(&config).first() {
-        anyhow::bail!(
-            "{section} is not supported by this version yet; only platform_domains can be checked"
-        );
+    let list = allow_list(&config, &std::sync::Arc::new(Metrics::new()?))?;
+    if let Some(pattern) = list.platform_match(&domain) {
+        println!("{domain} is allowed by platform (allow.platform_domains: {pattern})");
+        return Ok(true);
     }
-    let list = AllowList::new(
-        config.allow.platform_domains.clone(),
-        Vec::new(),
-        std::sync::Arc::new(Metrics::new()?),
-    );
+    let patterns: Vec<String> = config
+        .allow
+        .platform_domains
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let mut why = vec![if patterns.is_empty() {
+        "allow.platform_domains is empty".to_string()
+    } else {
+        format!(
+            "no entry of allow.platform_domains matches ({})",
+            patterns.join(", ")
+        )
+    }];
+    if !list.has_sources() {
+        why.push("no database or ask URL is configured".into());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    match runtime.block_on(list.decide(&domain))? {
-        Decision::Allowed(source) => {
-            let rule = list
-                .platform_match(&domain)
-                .map(|p| format!(" (allow.platform_domains: {p})"))
-                .unwrap_or_default();
-            println!("{domain} is allowed by {}{rule}", source.kind());
-            Ok(true)
-        }
-        Decision::Denied => {
-            let patterns: Vec<String> = config
-                .allow
-                .platform_domains
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
-            println!(
-                "{domain} is not allowed: no entry of allow.platform_domains matches ({}); no database or ask URL is configured",
-                patterns.join(", ")
-            );
-            Ok(false)
+    for (source, answer) in runtime.block_on(list.explain(&domain)) {
+        match answer {
+            Ok(true) => {
+                println!("{domain} is allowed by {}", source.kind());
+                return Ok(true);
+            }
+            Ok(false) => why.push(match source {
+                Source::Database => {
+                    "the database query finds no active company with this name".to_string()
+                }
+                _ => format!("the {} source says no", source.kind()),
+            }),
+            Err(e) => why.push(format!(
+                "{} could not answer: {e} (the edge refuses never-seen names then)",
+                source.kind()
+            )),
         }
     }
+    println!("{domain} is not allowed: {}", why.join("; "));
+    Ok(false)
 }

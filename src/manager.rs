@@ -27,6 +27,7 @@ use crate::certificate::{unix_now, CertifiedKey};
 use crate::decision::{AllowList, Decision, DecisionError};
 use crate::domain::{Domain, DomainError};
 use crate::issuer::{IssueError, Issuer};
+use crate::limits::{Limited, Limits};
 use crate::metrics::{CertSource, Metrics};
 use crate::store::{CertMeta, Store, StoredCert};
 
@@ -51,6 +52,8 @@ pub enum Refusal {
     BadIssue(String),
     #[error("a TLS-ALPN-01 validation for {0}, but no order is waiting for one")]
     NoChallenge(Domain),
+    #[error("no new order now: {0}")]
+    Limited(Limited),
 }
 
 impl Refusal {
@@ -65,6 +68,7 @@ impl Refusal {
             Refusal::Store(_) => "store_error",
             Refusal::BadIssue(_) => "bad_issue",
             Refusal::NoChallenge(_) => "no_challenge",
+            Refusal::Limited(_) => "limited",
         }
     }
 }
@@ -85,6 +89,10 @@ pub struct CertManager {
     /// Fill tasks in progress, by name. Entries are removed by the task that owns them.
     fills: Mutex<HashMap<Domain, watch::Receiver<Option<Outcome>>>>,
     settings: ManagerSettings,
+    /// Abuse limits on new orders (never on serving or loading stored certificates).
+    limits: Limits,
+    /// What the issuer last answered for a name whose order failed (for later log lines).
+    last_errors: moka::sync::Cache<Domain, Arc<str>>,
     metrics: Arc<Metrics>,
 }
 
@@ -94,6 +102,7 @@ impl CertManager {
         store: Arc<dyn Store>,
         issuer: Arc<dyn Issuer>,
         settings: ManagerSettings,
+        limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Arc<CertManager> {
         let cache = moka::sync::Cache::builder()
@@ -106,6 +115,11 @@ impl CertManager {
             cache,
             fills: Mutex::new(HashMap::new()),
             settings,
+            limits,
+            last_errors: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(6 * 3600))
+                .build(),
             metrics,
         })
     }
@@ -216,6 +230,22 @@ impl CertManager {
 
     async fn issue(&self, name: &Domain) -> Outcome {
         let kind = self.issuer.kind();
+        let permit = match self.limits.try_acquire(name) {
+            Ok(permit) => permit,
+            Err(limited) => {
+                self.metrics
+                    .issuances_limited
+                    .with_label_values(&[limited.kind()])
+                    .inc();
+                match self.last_errors.get(name) {
+                    Some(last) => {
+                        log::warn!("{name}: {limited}; the last order failed with: {last}")
+                    }
+                    None => log::warn!("{name}: {limited}"),
+                }
+                return Err(Refusal::Limited(limited));
+            }
+        };
         let started = Instant::now();
         let issued = self.issuer.issue(name).await;
         self.metrics
@@ -225,25 +255,33 @@ impl CertManager {
         let issued = match issued {
             Ok(i) => i,
             Err(e) => {
+                permit.failed();
                 self.metrics
                     .issuances
                     .with_label_values(&[kind, "failure"])
                     .inc();
                 log::warn!("{name}: issuance by {kind} failed: {e}");
+                self.last_errors
+                    .insert(name.clone(), Arc::from(e.to_string()));
                 return Err(Refusal::IssueFailed(e));
             }
         };
         let ck = match CertifiedKey::from_bundle(&issued.bundle, Some(name)) {
             Ok(ck) => ck,
             Err(e) => {
+                permit.failed();
                 self.metrics
                     .issuances
                     .with_label_values(&[kind, "failure"])
                     .inc();
                 log::error!("{name}: {kind} returned an unusable certificate: {e}");
+                self.last_errors
+                    .insert(name.clone(), Arc::from(e.to_string()));
                 return Err(Refusal::BadIssue(e.to_string()));
             }
         };
+        permit.succeeded();
+        self.last_errors.invalidate(name);
         self.metrics
             .issuances
             .with_label_values(&[kind, "success"])

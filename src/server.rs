@@ -7,18 +7,23 @@
 
 use std::sync::Arc;
 
+use pingora::listeners::Listeners;
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
+use crate::acme::AcmeIssuer;
+use crate::ask::AskUrl;
+use crate::challenge::Challenges;
+use crate::client_gate::ClientGate;
 use crate::config::{Config, IssuerConfig};
-use crate::decision::AllowList;
+use crate::database::PgAllowList;
+use crate::decision::{AllowList, DecisionSettings, DecisionSource};
 use crate::issuer::{InternalCa, Issuer};
+use crate::limits::Limits;
 use crate::manager::{CertManager, ManagerSettings};
 use crate::metrics::Metrics;
-use crate::acme::AcmeIssuer;
-use crate::challenge::Challenges;
 use crate::plain_http::{MetricsApp, PlainHttp};
 use crate::proxy::EdgeProxy;
 use crate::store::{create_private_dir, DiskStore};
@@ -35,10 +40,8 @@ pub struct RunOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error(
-        "{0} is not supported by this version of tenant-edge yet; remove it or use a newer release"
-    )]
-    NotYetSupported(&'static str),
+    #[error("{key}: {message}")]
+    Source { key: &'static str, message: String },
     #[error("data_dir {path}: {message}")]
     DataDir { path: String, message: String },
     #[error("the internal CA: {0}")]
@@ -51,20 +54,31 @@ pub enum BuildError {
     Metrics(#[from] prometheus::Error),
 }
 
-/// Configuration sections that parse but that this version cannot run yet.
-pub fn unsupported(config: &Config) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if config.allow.database.is_some() {
-        out.push("allow.database");
+/// The allow-list the config describes: platform domains, then the database, then the ask URL.
+/// Builds clients but connects nothing (connections open on first use, inside a runtime).
+pub fn allow_list(config: &Config, metrics: &Arc<Metrics>) -> Result<AllowList, BuildError> {
+    let mut sources: Vec<Arc<dyn DecisionSource>> = Vec::new();
+    if let Some(db) = &config.allow.database {
+        let pg = PgAllowList::new(db, metrics.clone()).map_err(|e| BuildError::Source {
+            key: "allow.database",
+            message: e.to_string(),
+        })?;
+        sources.push(Arc::new(pg));
     }
-    if config.allow.ask.is_some() {
-        out.push("allow.ask");
+    if let Some(ask) = &config.allow.ask {
+        sources.push(Arc::new(AskUrl::new(ask, metrics.clone())));
     }
-    out
+    Ok(AllowList::with_settings(
+        config.allow.platform_domains.clone(),
+        sources,
+        DecisionSettings::from(&config.allow),
+        metrics.clone(),
+    ))
 }
 
 /// The parts of a running edge that tests and benchmarks reach into.
 pub struct Edge {
+    pub allow: Arc<AllowList>,
     pub manager: Arc<CertManager>,
     pub metrics: Arc<Metrics>,
     pub challenges: Arc<Challenges>,
@@ -73,20 +87,13 @@ pub struct Edge {
 
 /// Build the certificate side (allow-list, store, issuer, manager) without any listener.
 pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
-    if let Some(section) = unsupported(config).first() {
-        return Err(BuildError::NotYetSupported(section));
-    }
     create_private_dir(&config.data_dir).map_err(|e| BuildError::DataDir {
         path: config.data_dir.display().to_string(),
         message: e.to_string(),
     })?;
     let metrics = Arc::new(Metrics::new()?);
     let challenges = Arc::new(Challenges::default());
-    let allow = Arc::new(AllowList::new(
-        config.allow.platform_domains.clone(),
-        Vec::new(),
-        metrics.clone(),
-    ));
+    let allow = Arc::new(allow_list(config, &metrics)?);
     let store = Arc::new(
         DiskStore::open(&config.data_dir).map_err(|e| BuildError::DataDir {
             path: config.data_dir.display().to_string(),
@@ -113,8 +120,14 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
             (Arc::new(issuer), None)
         }
     };
+    let limits = Limits::load(&config.data_dir, config.limits.issuance.clone()).map_err(|e| {
+        BuildError::DataDir {
+            path: config.data_dir.display().to_string(),
+            message: e.to_string(),
+        }
+    })?;
     let manager = CertManager::new(
-        allow,
+        allow.clone(),
         store,
         issuer,
         ManagerSettings {
@@ -122,9 +135,11 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
             issue_timeout: config.tls.issue_timeout,
             cache_capacity: config.tls.cache_capacity,
         },
+        limits,
         metrics.clone(),
     );
     Ok(Edge {
+        allow,
         manager,
         metrics,
         challenges,
@@ -169,19 +184,27 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
     )?);
 
     let proxy = EdgeProxy::new(edge.manager.clone(), upstreams, edge.metrics.clone());
-    let mut https = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy,
-        "tenant-edge https",
-    );
+    let mut listeners = Listeners::new();
     for addr in &config.listen.https {
         let listener_error = |e: pingora::BError| BuildError::Listener {
             addr: addr.to_string(),
             message: e.to_string(),
         };
-        let tls = tls_settings(edge.manager.clone(), edge.challenges.clone()).map_err(listener_error)?;
-        https.add_tls_with_settings(&addr.to_string(), None, tls);
+        let tls =
+            tls_settings(edge.manager.clone(), edge.challenges.clone()).map_err(listener_error)?;
+        listeners.add_tls_with_settings(&addr.to_string(), None, tls);
     }
+    if let Some(gate) = &config.limits.clients {
+        // Before TLS: one client cycling through never-seen names is cut off here, before
+        // its names reach the database (the certificate callback cannot see the address).
+        let gate = ClientGate::new(gate.clone(), edge.allow.clone(), edge.metrics.clone());
+        listeners.set_pre_tls_callback(Arc::new(gate));
+    }
+    let https = Service::with_listeners(
+        "tenant-edge https".to_string(),
+        listeners,
+        pingora::proxy::http_proxy(&server.configuration, proxy),
+    );
     server.add_service(https);
 
     if !config.listen.http.is_empty() {

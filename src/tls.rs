@@ -46,8 +46,15 @@ pub struct EdgeTls {
 
 /// TLS settings for one HTTPS listener: our callbacks, ALPN h2 + http/1.1 (+ acme-tls/1 for
 /// validation handshakes). `TlsSettings` is not `Clone`: call once per listener.
-pub fn tls_settings(manager: Arc<CertManager>, challenges: Arc<Challenges>) -> pingora::Result<TlsSettings> {
-    let callbacks = EdgeTls { manager, challenges, refusal_log: LogBudget::new(10) };
+pub fn tls_settings(
+    manager: Arc<CertManager>,
+    challenges: Arc<Challenges>,
+) -> pingora::Result<TlsSettings> {
+    let callbacks = EdgeTls {
+        manager,
+        challenges,
+        refusal_log: LogBudget::new(10),
+    };
     let mut tls = TlsSettings::with_callbacks(Box::new(callbacks))?;
     tls.set_alpn_select_callback(|_, offered| {
         if offers_acme_tls(offered) {
@@ -99,7 +106,9 @@ fn client_hello_offers_acme_tls(ssl: &mut SslRef) -> bool {
     // SAFETY: called only from the ClientHello callback, where OpenSSL documents
     // SSL_client_hello_get0_ext as valid; `data` points into the ClientHello buffer owned by
     // `ssl` and is read before the callback returns.
-    let found = unsafe { ssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), ALPN_EXTENSION, &mut data, &mut len) };
+    let found = unsafe {
+        ssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), ALPN_EXTENSION, &mut data, &mut len)
+    };
     if found != 1 || data.is_null() || len < 2 {
         return false;
     }
@@ -125,7 +134,10 @@ impl EdgeTls {
                 String::new()
             };
             match refusal {
-                Refusal::IssueFailed(_) | Refusal::Store(_) | Refusal::BadIssue(_) | Refusal::Decision(_) => {
+                Refusal::IssueFailed(_)
+                | Refusal::Store(_)
+                | Refusal::BadIssue(_)
+                | Refusal::Decision(_) => {
                     log::warn!("handshake for \"{sni}\" refused: {refusal}{more}")
                 }
                 _ => log::info!("handshake for \"{sni}\" refused: {refusal}{more}"),
@@ -136,7 +148,11 @@ impl EdgeTls {
     fn install(&self, ssl: &mut TlsRef, name: &Domain, ck: &CertifiedKey, source: &'static str) {
         let installed = ext::ssl_use_certificate(ssl, ck.leaf())
             .and_then(|()| ext::ssl_use_private_key(ssl, &ck.key))
-            .and_then(|()| ck.chain[1..].iter().try_for_each(|c| ext::ssl_add_chain_cert(ssl, c)));
+            .and_then(|()| {
+                ck.chain[1..]
+                    .iter()
+                    .try_for_each(|c| ext::ssl_add_chain_cert(ssl, c))
+            });
         let outcome = match installed {
             Ok(()) => "served",
             Err(e) => {
@@ -162,7 +178,10 @@ impl TlsAccept for EdgeTls {
                 Err(refusal) => return self.refuse(sni, &refusal),
             }
         };
-        let acme_validation = acme_index().and_then(|i| ssl.ex_data(i)).copied().unwrap_or(false);
+        let acme_validation = acme_index()
+            .and_then(|i| ssl.ex_data(i))
+            .copied()
+            .unwrap_or(false);
         if acme_validation {
             // A CA validating TLS-ALPN-01: only the challenge certificate, never a real one,
             // and never an issuance.
@@ -177,14 +196,24 @@ impl TlsAccept for EdgeTls {
         }
     }
 
-    async fn handshake_complete_callback(&self, ssl: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
-        let resumed = if ssl.session_reused() { "true" } else { "false" };
+    async fn handshake_complete_callback(
+        &self,
+        ssl: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
+        let resumed = if ssl.session_reused() {
+            "true"
+        } else {
+            "false"
+        };
         self.manager
             .metrics()
             .handshakes_completed
             .with_label_values(&[resumed])
             .inc();
-        let name = self.manager.handshake_name(ssl.servername(NameType::HOST_NAME)).ok()?;
+        let name = self
+            .manager
+            .handshake_name(ssl.servername(NameType::HOST_NAME))
+            .ok()?;
         Some(Arc::new(ConnName(name)))
     }
 }

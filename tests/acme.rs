@@ -21,7 +21,11 @@ async fn first_request_gets_a_pebble_certificate(challenge: &str) {
     let root = pem(&pebble.issuing_root());
     let client = setup.client_trusting(&root, &["shop.tenant.test"], |b| b);
     let started = Instant::now();
-    let resp = client.get(setup.url("shop.tenant.test", "/hello")).send().await.expect("request");
+    let resp = client
+        .get(setup.url("shop.tenant.test", "/hello"))
+        .send()
+        .await
+        .expect("request");
     let elapsed = started.elapsed();
     assert_eq!(resp.status(), 200);
     let body = resp.text().await.unwrap();
@@ -34,12 +38,30 @@ async fn first_request_gets_a_pebble_certificate(challenge: &str) {
     let h = handshake(setup.https, Some("shop.tenant.test"), Some(&root_file));
     assert!(h.ok, "{}", h.error);
     assert_eq!(sans(&h.chain[0]), vec!["shop.tenant.test"]);
-    assert!(h.chain.len() >= 2, "the intermediate is served with the leaf");
+    assert!(
+        h.chain.len() >= 2,
+        "the intermediate is served with the leaf"
+    );
 
     assert_eq!(pebble.orders(), 1);
     let m = setup.scrape();
-    assert_eq!(metric(&m, "tenant_edge_acme_orders_total", &[("challenge", challenge), ("outcome", "valid")]), 1.0, "{m}");
-    assert_eq!(metric(&m, "tenant_edge_issuances_total", &[("issuer", "acme"), ("outcome", "success")]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_acme_orders_total",
+            &[("challenge", challenge), ("outcome", "valid")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_issuances_total",
+            &[("issuer", "acme"), ("outcome", "success")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,28 +83,74 @@ async fn refused_names_place_no_order_and_restarts_reuse_account_and_certificate
     let root = pem(&pebble.issuing_root());
     {
         let _edge = setup.start(&config);
-        for sni in [Some("shop.other.test"), Some("bad_name!.tenant.test"), Some("127.0.0.1"), None] {
+        for sni in [
+            Some("shop.other.test"),
+            Some("bad_name!.tenant.test"),
+            Some("127.0.0.1"),
+            None,
+        ] {
             assert!(!handshake(setup.https, sni, None).ok, "{sni:?}");
         }
         assert_eq!(pebble.orders(), 0, "a refused name placed an order");
-        assert_eq!(pebble.accounts(), 0, "no account before the first allowed name");
+        assert_eq!(
+            pebble.accounts(),
+            0,
+            "no account before the first allowed name"
+        );
 
         let client = setup.client_trusting(&root, &["a.tenant.test"], |b| b);
-        let resp = client.get(setup.url("a.tenant.test", "/")).send().await.unwrap();
+        let resp = client
+            .get(setup.url("a.tenant.test", "/"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!((pebble.orders(), pebble.accounts()), (1, 1));
     }
-    let account = std::fs::read_dir(setup.data().join("acme")).unwrap().next().unwrap().unwrap().path();
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(account.join("account.json")).unwrap().permissions());
+    let account = std::fs::read_dir(setup.data().join("acme"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(account.join("account.json"))
+            .unwrap()
+            .permissions(),
+    );
     assert_eq!(mode & 0o777, 0o600);
 
     // Restart: the stored certificate is served without an order; a new name reuses the account.
     let _edge = setup.start(&config);
     let client = setup.client_trusting(&root, &["a.tenant.test", "b.tenant.test"], |b| b);
-    assert_eq!(client.get(setup.url("a.tenant.test", "/")).send().await.unwrap().status(), 200);
-    assert_eq!(pebble.orders(), 1, "a restart placed a new order for a stored certificate");
-    assert_eq!(client.get(setup.url("b.tenant.test", "/")).send().await.unwrap().status(), 200);
-    assert_eq!((pebble.orders(), pebble.accounts()), (2, 1), "the account must be reused");
+    assert_eq!(
+        client
+            .get(setup.url("a.tenant.test", "/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        pebble.orders(),
+        1,
+        "a restart placed a new order for a stored certificate"
+    );
+    assert_eq!(
+        client
+            .get(setup.url("b.tenant.test", "/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        (pebble.orders(), pebble.accounts()),
+        (2, 1),
+        "the account must be reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,25 +179,38 @@ async fn an_unreachable_ca_fails_fast_then_recovers() {
     let setup = EdgeSetup::new();
     let (_up, up) = upstream(setup.dir.path(), "app");
     let mut pebble = Pebble::start(setup.dir.path(), setup.http.port(), setup.https.port());
-    let _edge = setup.start(&setup.config(&[up], &format!("{}tls:\n  issue_timeout: 3s\n", pebble.issuer_yaml(&["http-01"]))));
+    let extra = format!(
+        "{}tls:\n  issue_timeout: 3s\nlimits:\n  issuance:\n    backoff_initial: 3s\n",
+        pebble.issuer_yaml(&["http-01"])
+    );
+    let _edge = setup.start(&setup.config(&[up], &extra));
     pebble.stop();
 
     let started = Instant::now();
     let h = handshake(setup.https, Some("down.tenant.test"), None);
     assert!(!h.ok);
     assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
+    let failed_at = Instant::now();
 
+    // The CA is back, but the name backs off: no new order until the backoff has passed.
     pebble.resume();
+    let h = handshake(setup.https, Some("down.tenant.test"), None);
+    assert!(!h.ok, "served during the backoff");
+    let m = setup.scrape();
+    assert_eq!(metric(&m, "tenant_edge_issuances_limited_total", &[("limit", "backoff")]), 1.0, "{m}");
+    assert_eq!(metric(&m, "tenant_edge_issuances_total", &[("issuer", "acme"), ("outcome", "failure")]), 1.0, "{m}");
+    assert_eq!(pebble.orders(), 0);
+
     let root = pem(&pebble.issuing_root());
     let client = setup.client_trusting(&root, &["down.tenant.test"], |b| b);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match client.get(setup.url("down.tenant.test", "/")).send().await {
             Ok(r) if r.status() == 200 => break,
-            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
             other => panic!("no certificate after Pebble returned: {other:?}"),
         }
     }
-    let m = setup.scrape();
-    assert!(metric(&m, "tenant_edge_issuances_total", &[("issuer", "acme"), ("outcome", "failure")]) >= 1.0, "{m}");
+    assert!(failed_at.elapsed() >= Duration::from_secs(3), "the backoff was not applied");
+    assert_eq!(pebble.orders(), 1);
 }

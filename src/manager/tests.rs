@@ -60,6 +60,7 @@ fn fixture_in(
             issue_timeout: timeout,
             cache_capacity: 1000,
         },
+        crate::limits::Limits::in_memory(crate::limits::LimitSettings::default()),
         metrics.clone(),
     );
     (issuer, manager, metrics)

@@ -101,7 +101,11 @@ impl EdgeSetup {
     /// A config with these ports, platform domains `*.tenant.test` + `tenant.test`, the given
     /// backends (round robin, HTTP health check every 500ms) and `extra` YAML appended.
     pub fn config(&self, backends: &[SocketAddr], extra: &str) -> PathBuf {
-        self.config_with(backends, "  platform_domains: [\"tenant.test\", \"*.tenant.test\"]\n", extra)
+        self.config_with(
+            backends,
+            "  platform_domains: [\"tenant.test\", \"*.tenant.test\"]\n",
+            extra,
+        )
     }
 
     /// `config` with the body of the `allow:` section given (indented two spaces).

@@ -29,14 +29,20 @@ fn listener_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "pebble listener test CA");
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "pebble listener test CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, ca_key);
     let key = KeyPair::generate().unwrap();
     let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    leaf.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    leaf.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
     let cert = leaf.signed_by(&key, &issuer).unwrap();
-    let (root, cert_path, key_path) = (dir.join("listener-ca.pem"), dir.join("listener.pem"), dir.join("listener.key"));
+    let (root, cert_path, key_path) = (
+        dir.join("listener-ca.pem"),
+        dir.join("listener.pem"),
+        dir.join("listener.key"),
+    );
     std::fs::write(&root, ca_cert.pem()).unwrap();
     std::fs::write(&cert_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
@@ -56,14 +62,34 @@ impl Pebble {
         let dns_mgmt = free_port();
         let dns_log = dir.join("challtestsrv.log");
         let child = Command::new("pebble-challtestsrv")
-            .args(["-dns01", &dns.to_string(), "-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{dns_mgmt}"), "-defaultIPv6", ""])
+            .args([
+                "-dns01",
+                &dns.to_string(),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+            ])
+            .args([
+                "-management",
+                &format!("127.0.0.1:{dns_mgmt}"),
+                "-defaultIPv6",
+                "",
+            ])
             .stdout(std::fs::File::create(&dns_log).unwrap())
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble-challtestsrv (apt-get install pebble)");
-        let dns_proc = Proc { child, log: dns_log };
-        wait_for_port(format!("127.0.0.1:{dns_mgmt}").parse().unwrap(), Duration::from_secs(10));
+        let dns_proc = Proc {
+            child,
+            log: dns_log,
+        };
+        wait_for_port(
+            format!("127.0.0.1:{dns_mgmt}").parse().unwrap(),
+            Duration::from_secs(10),
+        );
         let config = dir.join("pebble.json");
         let json = format!(
             r#"{{"pebble": {{"listenAddress": "{listen}", "managementListenAddress": "{management}",
@@ -91,9 +117,18 @@ impl Pebble {
 
     /// (Re)start the Pebble process (its state is in memory: a restart forgets accounts).
     pub fn resume(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let child = Command::new("pebble")
-            .args(["-config", self.config.to_str().unwrap(), "-dnsserver", &self.dns.to_string()])
+            .args([
+                "-config",
+                self.config.to_str().unwrap(),
+                "-dnsserver",
+                &self.dns.to_string(),
+            ])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")
@@ -101,7 +136,10 @@ impl Pebble {
             .stderr(log)
             .spawn()
             .expect("pebble (apt-get install pebble)");
-        self.pebble = Some(Proc { child, log: self.log.clone() });
+        self.pebble = Some(Proc {
+            child,
+            log: self.log.clone(),
+        });
         wait_for_port(self.listen, Duration::from_secs(10));
         wait_for_port(self.management, Duration::from_secs(10));
     }

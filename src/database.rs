@@ -1,0 +1,394 @@
+//! The PostgreSQL allow-list source: "does an active company own this name?"
+//!
+//! Owns a small pool of tokio-postgres connections (no TLS: the database is expected on a
+//! private network or loopback), the prepared allow-list query, and the timeout around each
+//! lookup. The default query and the schema it expects are in DESIGN.md; `$1` is the normalized
+//! name and `dns_names citext[]` makes the match case-insensitive.
+//!
+//! Must not: connect before the first lookup (Pingora forks and starts its runtimes after the
+//! server is built), cache answers (`decision::AllowList` does), or put the database password in
+//! any message.
+//!
+//! Failure handling: a lookup (waiting for a pool slot, connecting, preparing, querying) is
+//! bounded by `allow.database.timeout`. A connection that failed or timed out is dropped and the
+//! next lookup opens a new one, so the edge reconnects on its own when the database returns.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Semaphore;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::config::DatabaseConfig;
+use crate::decision::{DecisionError, DecisionSource, Source};
+use crate::domain::Domain;
+use crate::metrics::Metrics;
+
+const WHAT: &str = "the database allow-list";
+
+/// A name no company can own (RFC 2606 `.invalid`), used by `probe`.
+const PROBE_NAME: &str = "probe.tenant-edge.invalid";
+
+/// One pooled connection: the client, its prepared query, and the task driving the socket.
+struct Conn {
+    client: Client,
+    statement: Statement,
+    _task: AbortOnDrop,
+}
+
+/// Aborts the connection task when the connection is dropped: a connection stuck on a dead
+/// peer would otherwise live until TCP gives up.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why a lookup failed, before it becomes a `DecisionError`.
+enum Failure {
+    /// The server could not be reached or the connection broke: retrying later may work.
+    Unavailable(String),
+    /// The server answered with an error about the query itself: the config must change.
+    Query(String),
+}
+
+pub struct PgAllowList {
+    config: tokio_postgres::Config,
+    /// Host, port, user and database for messages (never the password).
+    target: String,
+    password: Option<String>,
+    query: String,
+    timeout: Duration,
+    /// Idle connections, each with the query prepared. Never held across an await.
+    idle: Mutex<Vec<Conn>>,
+    /// At most `pool_size` lookups (and so connections) at a time.
+    slots: Semaphore,
+    metrics: Arc<Metrics>,
+}
+
+impl PgAllowList {
+    /// Parse the URL and set up an empty pool. Does not connect.
+    pub fn new(
+        config: &DatabaseConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<PgAllowList, DecisionError> {
+        let pg: tokio_postgres::Config =
+            config
+                .url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| DecisionError::Misconfigured {
+                    what: WHAT,
+                    message: format!(
+                        "allow.database.url is not a PostgreSQL URL ({}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+                        chain(&e)
+                    ),
+                })?;
+        let password = pg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .filter(|p| !p.is_empty());
+        Ok(PgAllowList {
+            target: describe_target(&pg),
+            config: pg,
+            password,
+            query: config.query.clone(),
+            timeout: config.timeout,
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(config.pool_size.max(1)),
+            metrics,
+        })
+    }
+
+    /// Connect and run the query once with a name no company owns (for `tenant-edge check`).
+    /// Uses the pool like a lookup does, but is not counted in the metrics.
+    pub async fn probe(&self) -> Result<(), DecisionError> {
+        match tokio::time::timeout(self.timeout, self.lookup(PROBE_NAME)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(failure)) => Err(self.error(failure)),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    /// One bounded lookup, counted by outcome.
+    async fn query(&self, name: &str) -> Result<bool, DecisionError> {
+        let (outcome, result) = match tokio::time::timeout(self.timeout, self.lookup(name)).await {
+            Ok(Ok(found)) => ("ok", Ok(found)),
+            Ok(Err(failure)) => ("error", Err(self.error(failure))),
+            Err(_) => ("timeout", Err(self.timeout_error())),
+        };
+        self.metrics
+            .database_queries
+            .with_label_values(&[outcome])
+            .inc();
+        result
+    }
+
+    /// Take a slot, take (or open) a connection, run the prepared query. Cancel-safe: a
+    /// connection in use when the timeout fires is dropped with the future, never pooled again.
+    async fn lookup(&self, name: &str) -> Result<bool, Failure> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Failure::Unavailable("the connection pool is closed".into()))?;
+        let mut pooled = self.take_idle();
+        loop {
+            let reused = pooled.is_some();
+            let conn = match pooled.take() {
+                Some(conn) => conn,
+                None => self.connect().await?,
+            };
+            match conn.client.query(&conn.statement, &[&name]).await {
+                Ok(rows) => {
+                    self.put_back(conn);
+                    return Ok(!rows.is_empty());
+                }
+                Err(e) => {
+                    let broken = e.is_closed() || conn.client.is_closed();
+                    if broken && reused {
+                        // The server closed this idle connection (restart, idle timeout):
+                        // one new connection is worth a try before reporting an outage.
+                        continue;
+                    }
+                    if broken {
+                        return Err(Failure::Unavailable(format!(
+                            "the connection to PostgreSQL at {} broke: {}",
+                            self.target,
+                            self.redact(chain(&e))
+                        )));
+                    }
+                    // The connection is fine; the query (or the server) is not.
+                    self.put_back(conn);
+                    let message = format!(
+                        "allow.database.query failed on {}: {}",
+                        self.target,
+                        self.redact(chain(&e))
+                    );
+                    // A server error about the query itself (or a client-side type error,
+                    // which has no SQLSTATE) is for the operator; anything else is an outage.
+                    return Err(if e.as_db_error().is_none() || is_config_error(&e) {
+                        Failure::Query(message)
+                    } else {
+                        Failure::Unavailable(message)
+                    });
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, Failure> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+            let message = format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                self.target,
+                self.redact(chain(&e))
+            );
+            if is_config_error(&e) {
+                // Authentication or a missing database: the server is up, the URL is wrong.
+                Failure::Query(format!("{message}; check allow.database.url"))
+            } else {
+                Failure::Unavailable(format!(
+                    "{message}; is the server running and allow.database.url right?"
+                ))
+            }
+        })?;
+        let target = self.target.clone();
+        let task = AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::warn!(
+                    "the allow-list connection to PostgreSQL at {target} ended: {}; the next lookup reconnects",
+                    chain(&e)
+                );
+            }
+        }));
+        let statement = client.prepare(&self.query).await.map_err(|e| {
+            let message = format!(
+                "allow.database.query does not prepare on {}: {}",
+                self.target,
+                self.redact(chain(&e))
+            );
+            if is_config_error(&e) {
+                Failure::Query(format!(
+                    "{message}; the default expects companies(active boolean, dns_names citext[]) and the citext extension"
+                ))
+            } else {
+                Failure::Unavailable(message)
+            }
+        })?;
+        match statement.params() {
+            [param] if <&str as ToSql>::accepts(param) => {}
+            [param] => {
+                return Err(Failure::Query(format!(
+                    "allow.database.query uses $1 as {param}; $1 is the name and must be text-like (text, varchar, citext)"
+                )))
+            }
+            params => {
+                return Err(Failure::Query(format!(
+                    "allow.database.query takes {} parameters; it must take exactly one ($1, the name)",
+                    params.len()
+                )))
+            }
+        }
+        Ok(Conn {
+            client,
+            statement,
+            _task: task,
+        })
+    }
+
+    fn take_idle(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(conn) = idle.pop() {
+            if !conn.client.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, conn: Conn) {
+        if !conn.client.is_closed() {
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
+        }
+    }
+
+    fn error(&self, failure: Failure) -> DecisionError {
+        match failure {
+            Failure::Unavailable(message) => DecisionError::Unavailable {
+                what: WHAT,
+                message,
+            },
+            Failure::Query(message) => DecisionError::Misconfigured {
+                what: WHAT,
+                message,
+            },
+        }
+    }
+
+    fn timeout_error(&self) -> DecisionError {
+        DecisionError::Unavailable {
+            what: WHAT,
+            message: format!(
+                "no answer from PostgreSQL at {} within {:?} (allow.database.timeout); the server is down, overloaded or unreachable",
+                self.target, self.timeout
+            ),
+        }
+    }
+
+    /// Belt and braces: no message leaves this module with the password in it.
+    fn redact(&self, message: String) -> String {
+        match &self.password {
+            Some(password) => message.replace(password.as_str(), "***"),
+            None => message,
+        }
+    }
+}
+
+#[async_trait]
+impl DecisionSource for PgAllowList {
+    fn source(&self) -> Source {
+        Source::Database
+    }
+
+    async fn allows(&self, name: &Domain) -> Result<bool, DecisionError> {
+        self.query(name.as_str()).await
+    }
+}
+
+/// `host:port, user U, database D` from a parsed config (the password is never shown).
+fn describe_target(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(h) => format!("{h}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(path) => format!("{}", path.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_string()
+    } else {
+        hosts.join(",")
+    };
+    let user = config.get_user().unwrap_or("(default user)");
+    let dbname = config.get_dbname().unwrap_or(user);
+    format!("{hosts} (user {user}, database {dbname})")
+}
+
+/// Errors that retrying will not fix: authentication (SQLSTATE class 28), a missing database
+/// (3D), a query that does not fit the schema or lacks privileges (42), bad data (22). Anything
+/// else (the server starting up or shutting down, too many connections, I/O) is an outage.
+fn is_config_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .and_then(|code| code.code().get(..2))
+        .is_some_and(|class| matches!(class, "28" | "3D" | "42" | "22"))
+}
+
+/// An error and its causes, `outer: inner: innermost` (tokio-postgres puts the useful part,
+/// such as the server's message, in the source chain).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> DatabaseConfig {
+        DatabaseConfig {
+            url: url.into(),
+            query: crate::config::DEFAULT_ALLOW_QUERY.into(),
+            timeout: Duration::from_secs(1),
+            pool_size: 2,
+        }
+    }
+
+    #[test]
+    fn target_never_shows_the_password() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let pg = PgAllowList::new(
+            &config("postgres://app:s3cret@db.internal:6543/saas"),
+            metrics,
+        )
+        .unwrap();
+        assert_eq!(pg.target, "db.internal:6543 (user app, database saas)");
+        assert_eq!(
+            pg.redact("auth failed for s3cret".into()),
+            "auth failed for ***"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_a_configuration_error() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let err = PgAllowList::new(&config("postgres://app:pw@host:notaport/db"), metrics)
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), "misconfigured");
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+}

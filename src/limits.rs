@@ -1,0 +1,1261 @@
+//! Issuance limits: may a *new* ACME order be placed right now?
+//!
+//! This module owns the abuse limits of DESIGN.md step 5 and issue 3 item 4, checked once per
+//! order by the manager's fill task, just before it calls the issuer:
+//! 1. a per-name failure backoff (1m, 2m, 4m … capped at 1h, reset by a success);
+//! 2. a per-registered-domain budget (public suffix list) in a sliding 7-day window, kept under
+//!    Let's Encrypt's 50 certificates per registered domain per week and persisted in
+//!    `<data_dir>/limits/budget.json` so that a restart does not reset it;
+//! 3. a cap on concurrent orders, held by the returned [`OrderPermit`] until it is dropped;
+//! 4. a global token bucket (one order every `interval`, `burst` at once), which renewals skip.
+//!
+//! The checks run in that order so that a refusal never consumes another limit's capacity: a
+//! name in backoff takes no concurrency slot, an order refused for concurrency burns no token.
+//!
+//! What it must not do: it never applies to serving, loading or caching certificates that are
+//! already stored (Caddy's old limiter throttled those too, one reason it was removed in Caddy
+//! 2.9); it never blocks or does I/O on the caller's thread, except when no tokio runtime exists
+//! (CLI commands), where the budget file is written inline; it counts no metrics (the caller
+//! counts `tenant_edge_issuances_limited_total{limit=Limited::kind()}`); it knows nothing of
+//! ACME, Pingora or the allow-list.
+//!
+//! The budget is per process (per data directory). With several hosts sharing one PostgreSQL,
+//! each host keeps its own budget; divide `budget_per_week` by the number of hosts.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Domain;
+use crate::store::{create_private_dir, write_atomic, StoreError};
+
+/// Length of the budget window: Let's Encrypt counts certificates per registered domain over a
+/// sliding 7 days.
+pub const BUDGET_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Tunables of [`Limits`]. `Default` is what production runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// One new order may start every `interval` on average (global token bucket refill).
+    /// Default 2s, the seed's Caddy `interval 2s`. `Duration::ZERO` disables the rate limit.
+    pub interval: Duration,
+    /// Orders that may start at once after a quiet period (bucket capacity). Default 5, the
+    /// seed's Caddy `burst 5`. At least 1.
+    pub burst: u32,
+    /// Orders running at the same time, new and renewals together. Default 10. At least 1.
+    pub max_concurrent: usize,
+    /// Wait after a name's first failed order; doubled after each further failure. Default 1m.
+    /// `Duration::ZERO` disables the backoff.
+    pub backoff_initial: Duration,
+    /// Longest wait between two orders of a failing name. Default 1h (Let's Encrypt allows 5
+    /// failed validations per name per hour).
+    pub backoff_max: Duration,
+    /// Names whose failure streak is remembered (LRU-ish, bounded memory). Default 10,000. A
+    /// streak is forgotten `2 × backoff_max` after its last failure.
+    pub backoff_capacity: u64,
+    /// New orders per registered domain (`example.co.uk` for `shop.example.co.uk`) in any
+    /// 7-day window. Default 45, under Let's Encrypt's 50 certificates per registered domain
+    /// per week so that manual issuance and other clients keep a margin. `None` disables the
+    /// budget (a private CA without such a limit).
+    pub budget_per_week: Option<u32>,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            interval: Duration::from_secs(2),
+            burst: 5,
+            max_concurrent: 10,
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(3600),
+            backoff_capacity: 10_000,
+            budget_per_week: Some(45),
+        }
+    }
+}
+
+impl LimitSettings {
+    /// Every problem with these values, as `(field, message)`; empty when they are usable. The
+    /// config module prefixes the field with its key path.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.burst == 0 {
+            problems.push(("burst", "must be at least 1".to_string()));
+        }
+        if self.max_concurrent == 0 {
+            problems.push(("max_concurrent", "must be at least 1".to_string()));
+        }
+        if self.backoff_initial > self.backoff_max {
+            problems.push((
+                "backoff_initial",
+                format!(
+                    "must not exceed backoff_max ({})",
+                    ShortDuration(self.backoff_max)
+                ),
+            ));
+        }
+        if self.backoff_capacity == 0 {
+            problems.push(("backoff_capacity", "must be at least 1".to_string()));
+        }
+        if self.budget_per_week == Some(0) {
+            problems.push((
+                "budget_per_week",
+                "0 would refuse every order; leave it unset to disable the budget".to_string(),
+            ));
+        }
+        problems
+    }
+}
+
+/// Why a new order may not start now. `kind()` is the `limit` label of
+/// `tenant_edge_issuances_limited_total`; the message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Limited {
+    #[error(
+        "the global order rate limit is reached (burst {burst}, one order every {interval}); \
+         next slot in {retry_in}",
+        interval = ShortDuration(*interval),
+        retry_in = ShortDuration(*retry_in)
+    )]
+    Rate {
+        burst: u32,
+        interval: Duration,
+        retry_in: Duration,
+    },
+    #[error(
+        "{max} orders are already running (max_concurrent); the next can start when one finishes"
+    )]
+    Concurrency { max: usize },
+    #[error(
+        "{name}: the last {failures} order(s) failed; next attempt in {retry_in} \
+         (backoff doubles up to backoff_max, a success resets it)",
+        retry_in = ShortDuration(*retry_in)
+    )]
+    Backoff {
+        name: Domain,
+        failures: u32,
+        retry_in: Duration,
+    },
+    #[error(
+        "{registered} has used {used} of {limit} orders this week (budget_per_week); \
+         next slot in {retry_in}",
+        retry_in = ShortDuration(*retry_in)
+    )]
+    Budget {
+        registered: String,
+        used: u32,
+        limit: u32,
+        retry_in: Duration,
+    },
+}
+
+impl Limited {
+    /// Fixed metric label: `rate`, `concurrency`, `backoff` or `budget`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Limited::Rate { .. } => "rate",
+            Limited::Concurrency { .. } => "concurrency",
+            Limited::Backoff { .. } => "backoff",
+            Limited::Budget { .. } => "budget",
+        }
+    }
+
+    /// When trying again may succeed; `None` for concurrency (when a running order finishes).
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            Limited::Rate { retry_in, .. }
+            | Limited::Backoff { retry_in, .. }
+            | Limited::Budget { retry_in, .. } => Some(*retry_in),
+            Limited::Concurrency { .. } => None,
+        }
+    }
+}
+
+/// The registered domain of `name` by the public suffix list, the key of the weekly budget:
+/// `example.co.uk` for `a.b.example.co.uk`, `tenant.test` for `shop.tenant.test` (unknown TLDs
+/// count as one-label suffixes). A name that is itself a public suffix (or a single label) is
+/// its own key.
+pub fn registered_domain(name: &Domain) -> &str {
+    psl::domain_str(name.as_str()).unwrap_or(name.as_str())
+}
+
+/// A token bucket: `burst` tokens, one more every `interval`. Plain data, no lock and no clock
+/// of its own (the caller passes `now`), so that it is cheap to keep one per client address.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens: u32,
+    /// When `tokens` was last brought up to date (only whole intervals are credited).
+    refilled_at: Instant,
+}
+
+impl TokenBucket {
+    /// A bucket holding `burst` tokens.
+    pub fn full(burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            refilled_at: now,
+        }
+    }
+
+    /// Take one token; `Err(wait)` when empty, `wait` being the time until the next token.
+    /// `interval == 0` means unlimited.
+    pub fn try_take(
+        &mut self,
+        interval: Duration,
+        burst: u32,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        if interval.is_zero() {
+            return Ok(());
+        }
+        self.refill(interval, burst, now);
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            return Ok(());
+        }
+        let since = now.saturating_duration_since(self.refilled_at);
+        Err(interval.saturating_sub(since))
+    }
+
+    fn refill(&mut self, interval: Duration, burst: u32, now: Instant) {
+        if self.tokens >= burst {
+            self.tokens = burst;
+            self.refilled_at = now;
+            return;
+        }
+        let elapsed = now.saturating_duration_since(self.refilled_at);
+        let earned = elapsed.as_nanos() / interval.as_nanos().max(1);
+        let missing = burst - self.tokens;
+        if earned >= u128::from(missing) {
+            self.tokens = burst;
+            self.refilled_at = now;
+        } else if earned > 0 {
+            // earned < missing <= u32::MAX
+            let earned = earned as u32;
+            self.tokens += earned;
+            self.refilled_at = interval
+                .checked_mul(earned)
+                .and_then(|d| self.refilled_at.checked_add(d))
+                .unwrap_or(now);
+        }
+    }
+}
+
+/// Time sources, injectable for tests: monotonic for the bucket and the backoff, wall-clock
+/// (unix seconds) for the budget, which must survive restarts.
+trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+    fn unix_now(&self) -> i64;
+}
+
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn unix_now(&self) -> i64 {
+        crate::certificate::unix_now()
+    }
+}
+
+/// The issuance limits of one edge. Cheap to clone (shared state); the manager and the renewal
+/// loop hold clones of the same value.
+#[derive(Clone)]
+pub struct Limits {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: LimitSettings,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    in_flight: AtomicUsize,
+    /// Failure streaks by name; absent means "no recent failure".
+    backoff: moka::sync::Cache<Domain, Streak>,
+    persist: Option<Persist>,
+}
+
+struct State {
+    rate: TokenBucket,
+    /// Unix seconds of the orders counted per registered domain, oldest first, all inside the
+    /// window (pruned on access and before each write). Empty queues are removed.
+    budget: HashMap<String, VecDeque<i64>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Streak {
+    failures: u32,
+    until: Instant,
+}
+
+/// `budget.json`, version 1. Timestamps are unix seconds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetFile {
+    version: u32,
+    /// Informational: the window the timestamps were kept for.
+    window_secs: u64,
+    orders: BTreeMap<String, Vec<i64>>,
+}
+
+const BUDGET_FILE_VERSION: u32 = 1;
+
+/// Background writes of `budget.json`: at most one writer at a time; writes requested while one
+/// runs are folded into one more write by the same writer.
+struct Persist {
+    path: PathBuf,
+    flags: Mutex<PersistFlags>,
+    /// Held across snapshot + write, so that a later write never carries an older snapshot.
+    write_lock: Mutex<()>,
+}
+
+#[derive(Default)]
+struct PersistFlags {
+    dirty: bool,
+    writing: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Limits {
+    /// Limits whose budget persists in `<data_dir>/limits/budget.json`, loading what a previous
+    /// run recorded. An unreadable or corrupt file is logged and treated as empty (it is
+    /// replaced by the next write); only failing to create the directory is an error.
+    pub fn load(data_dir: &Path, settings: LimitSettings) -> Result<Limits, StoreError> {
+        Self::load_with_clock(data_dir, settings, Arc::new(SystemClock))
+    }
+
+    fn load_with_clock(
+        data_dir: &Path,
+        settings: LimitSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Limits, StoreError> {
+        let dir = data_dir.join("limits");
+        create_private_dir(&dir)?;
+        Ok(Self::build(settings, Some(dir.join("budget.json")), clock))
+    }
+
+    /// Limits that keep their budget in memory only (tests, `certs issue` from the CLI).
+    pub fn in_memory(settings: LimitSettings) -> Limits {
+        Self::build(settings, None, Arc::new(SystemClock))
+    }
+
+    fn build(settings: LimitSettings, path: Option<PathBuf>, clock: Arc<dyn Clock>) -> Limits {
+        let now = clock.now();
+        let wall = clock.unix_now();
+        let budget = match &path {
+            Some(p) => read_budget(p, wall),
+            None => HashMap::new(),
+        };
+        let backoff = moka::sync::Cache::builder()
+            .max_capacity(settings.backoff_capacity.max(1))
+            .time_to_live(
+                settings
+                    .backoff_max
+                    .saturating_mul(2)
+                    .max(Duration::from_secs(1)),
+            )
+            .build();
+        Limits {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    rate: TokenBucket::full(settings.burst, now),
+                    budget,
+                }),
+                settings,
+                clock,
+                in_flight: AtomicUsize::new(0),
+                backoff,
+                persist: path.map(|path| Persist {
+                    path,
+                    flags: Mutex::new(PersistFlags::default()),
+                    write_lock: Mutex::new(()),
+                }),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &LimitSettings {
+        &self.inner.settings
+    }
+
+    /// May a new order for `name` start now? Checks, in order: backoff, budget, concurrency,
+    /// rate. On success the order is counted in the budget and holds a concurrency slot until
+    /// the permit is dropped; report its outcome with [`OrderPermit::succeeded`] or
+    /// [`OrderPermit::failed`]. Synchronous and non-blocking (the budget file is written by a
+    /// `spawn_blocking` task).
+    pub fn try_acquire(&self, name: &Domain) -> Result<OrderPermit, Limited> {
+        self.acquire(name, false)
+    }
+
+    /// Like [`Limits::try_acquire`] for the renewal of a certificate we already hold: it skips
+    /// the global rate limit (renewals are paced by the renewal loop and must not starve behind
+    /// a burst of new names) but obeys the backoff, the concurrency cap and the budget.
+    pub fn try_acquire_renewal(&self, name: &Domain) -> Result<OrderPermit, Limited> {
+        self.acquire(name, true)
+    }
+
+    fn acquire(&self, name: &Domain, renewal: bool) -> Result<OrderPermit, Limited> {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let now = inner.clock.now();
+        let wall = inner.clock.unix_now();
+
+        if let Some(streak) = inner.backoff.get(name) {
+            if streak.until > now {
+                return Err(Limited::Backoff {
+                    name: name.clone(),
+                    failures: streak.failures,
+                    retry_in: streak.until - now,
+                });
+            }
+        }
+
+        let registered = registered_domain(name);
+        let mut state = lock(&inner.state);
+        if let Some(limit) = s.budget_per_week {
+            if let Some(q) = state.budget.get_mut(registered) {
+                prune(q, wall);
+                if q.len() >= limit as usize {
+                    let oldest = q.front().copied().unwrap_or(wall);
+                    let free_at = oldest.saturating_add(BUDGET_WINDOW.as_secs() as i64);
+                    return Err(Limited::Budget {
+                        registered: registered.to_string(),
+                        used: u32::try_from(q.len()).unwrap_or(u32::MAX),
+                        limit,
+                        retry_in: Duration::from_secs(free_at.saturating_sub(wall).max(1) as u64),
+                    });
+                }
+            }
+        }
+
+        let max = s.max_concurrent.max(1);
+        if inner
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(Limited::Concurrency { max });
+        }
+
+        if !renewal {
+            if let Err(retry_in) = state.rate.try_take(s.interval, s.burst.max(1), now) {
+                inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Limited::Rate {
+                    burst: s.burst,
+                    interval: s.interval,
+                    retry_in,
+                });
+            }
+        }
+
+        let counted = if s.budget_per_week.is_some() {
+            state
+                .budget
+                .entry(registered.to_string())
+                .or_default()
+                .push_back(wall);
+            true
+        } else {
+            false
+        };
+        drop(state);
+        if counted {
+            self.persist_soon();
+        }
+        Ok(OrderPermit {
+            limits: self.clone(),
+            name: name.clone(),
+            counted_at: counted.then_some(wall),
+            reported: false,
+        })
+    }
+
+    /// Orders holding a concurrency slot now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// `(used, limit)` of the weekly budget of `name`'s registered domain; `limit` is `None`
+    /// when the budget is disabled. For `certs` and `allow` output.
+    pub fn budget_used(&self, name: &Domain) -> (u32, Option<u32>) {
+        let wall = self.inner.clock.unix_now();
+        let mut state = lock(&self.inner.state);
+        let used = match state.budget.get_mut(registered_domain(name)) {
+            Some(q) => {
+                prune(q, wall);
+                u32::try_from(q.len()).unwrap_or(u32::MAX)
+            }
+            None => 0,
+        };
+        (used, self.inner.settings.budget_per_week)
+    }
+
+    /// Write the budget file now, on this thread (shutdown, CLI). A no-op without a data dir.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        match &self.inner.persist {
+            Some(p) => self.write_budget(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Schedule a write of the budget file without blocking the caller: a `spawn_blocking`
+    /// task when a tokio runtime is running, else inline (CLI commands have no runtime).
+    fn persist_soon(&self) {
+        let Some(p) = &self.inner.persist else {
+            return;
+        };
+        {
+            let mut flags = lock(&p.flags);
+            flags.dirty = true;
+            if flags.writing {
+                return;
+            }
+            flags.writing = true;
+        }
+        let this = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(move || this.write_while_dirty());
+            }
+            Err(_) => this.write_while_dirty(),
+        }
+    }
+
+    fn write_while_dirty(&self) {
+        let Some(p) = &self.inner.persist else {
+            return;
+        };
+        loop {
+            {
+                let mut flags = lock(&p.flags);
+                if !flags.dirty {
+                    flags.writing = false;
+                    return;
+                }
+                flags.dirty = false;
+            }
+            if let Err(e) = self.write_budget(p) {
+                // The budget still holds in memory; only a restart before the next successful
+                // write would forget these orders.
+                log::error!("could not save the issuance budget: {e}");
+            }
+        }
+    }
+
+    fn write_budget(&self, p: &Persist) -> Result<(), StoreError> {
+        let _writer = lock(&p.write_lock);
+        let wall = self.inner.clock.unix_now();
+        let file = {
+            let mut state = lock(&self.inner.state);
+            state.budget.retain(|_, q| {
+                prune(q, wall);
+                !q.is_empty()
+            });
+            BudgetFile {
+                version: BUDGET_FILE_VERSION,
+                window_secs: BUDGET_WINDOW.as_secs(),
+                orders: state
+                    .budget
+                    .iter()
+                    .map(|(k, q)| (k.clone(), q.iter().copied().collect()))
+                    .collect(),
+            }
+        };
+        let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        write_atomic(&p.path, &json, 0o600)
+    }
+
+    fn report(&self, name: &Domain, counted_at: Option<i64>, outcome: Outcome) {
+        let inner = &self.inner;
+        match outcome {
+            Outcome::Succeeded => inner.backoff.invalidate(name),
+            Outcome::Failed | Outcome::Unknown => {
+                let s = &inner.settings;
+                if !s.backoff_initial.is_zero() {
+                    let failures = inner
+                        .backoff
+                        .get(name)
+                        .map_or(1, |st| st.failures.saturating_add(1));
+                    let delay = backoff_delay(s.backoff_initial, s.backoff_max, failures);
+                    let now = inner.clock.now();
+                    inner.backoff.insert(
+                        name.clone(),
+                        Streak {
+                            failures,
+                            until: now.checked_add(delay).unwrap_or(now),
+                        },
+                    );
+                }
+            }
+        }
+        // A failed order issued nothing, so it does not count against Let's Encrypt's
+        // certificates-per-domain limit: give the budget back (failed validations have their
+        // own CA limit, which the backoff keeps us under). An unknown outcome stays counted.
+        if let (Outcome::Failed, Some(at)) = (outcome, counted_at) {
+            let registered = registered_domain(name);
+            let mut state = lock(&inner.state);
+            if let Some(q) = state.budget.get_mut(registered) {
+                if let Some(i) = q.iter().rposition(|&t| t == at) {
+                    q.remove(i);
+                }
+                if q.is_empty() {
+                    state.budget.remove(registered);
+                }
+            }
+            drop(state);
+            self.persist_soon();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+/// `initial × 2^(failures-1)`, capped at `max`.
+fn backoff_delay(initial: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    initial
+        .checked_mul(1u32 << doublings)
+        .unwrap_or(max)
+        .min(max)
+}
+
+/// Drop timestamps that left the window (and absurd future ones from a corrupt clock/file).
+fn prune(q: &mut VecDeque<i64>, wall: i64) {
+    let window = BUDGET_WINDOW.as_secs() as i64;
+    let oldest_kept = wall.saturating_sub(window);
+    while q.front().is_some_and(|&t| t <= oldest_kept) {
+        q.pop_front();
+    }
+    let newest_kept = wall.saturating_add(window);
+    q.retain(|&t| t <= newest_kept);
+}
+
+/// Read `budget.json`; anything wrong is logged and yields an empty (or partial) budget.
+fn read_budget(path: &Path, wall: i64) -> HashMap<String, VecDeque<i64>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            log::error!(
+                "could not read the issuance budget {}: {e}; starting with an empty budget",
+                path.display()
+            );
+            return HashMap::new();
+        }
+    };
+    let file: BudgetFile = match serde_json::from_slice(&bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!(
+                "the issuance budget {} is corrupt ({e}); starting with an empty budget, \
+                 the file is replaced at the next order",
+                path.display()
+            );
+            return HashMap::new();
+        }
+    };
+    if file.version != BUDGET_FILE_VERSION {
+        log::error!(
+            "the issuance budget {} has version {}, expected {BUDGET_FILE_VERSION}; starting \
+             with an empty budget",
+            path.display(),
+            file.version
+        );
+        return HashMap::new();
+    }
+    file.orders
+        .into_iter()
+        .filter_map(|(key, mut times)| {
+            times.sort_unstable();
+            let mut q: VecDeque<i64> = times.into();
+            prune(&mut q, wall);
+            (!q.is_empty()).then_some((key, q))
+        })
+        .collect()
+}
+
+/// Permission to run one order, from [`Limits::try_acquire`]. Holds a concurrency slot until
+/// dropped. Report the outcome once with [`OrderPermit::succeeded`] (resets the name's
+/// backoff) or [`OrderPermit::failed`] (the CA issued nothing: the backoff grows and the budget
+/// slot is given back). Dropped without either (a panic, a cancelled task), the order counts
+/// as failed for the backoff but stays counted in the budget, since it may have been issued.
+#[must_use = "the order's concurrency slot is released when the permit is dropped"]
+pub struct OrderPermit {
+    limits: Limits,
+    name: Domain,
+    /// Unix time the budget entry was recorded at (to give it back on failure).
+    counted_at: Option<i64>,
+    reported: bool,
+}
+
+impl OrderPermit {
+    pub fn name(&self) -> &Domain {
+        &self.name
+    }
+
+    /// The order produced a certificate: reset the name's backoff; the budget stays counted.
+    pub fn succeeded(mut self) {
+        self.reported = true;
+        self.limits
+            .report(&self.name, self.counted_at, Outcome::Succeeded);
+    }
+
+    /// The order failed and nothing was issued: extend the name's backoff and give its budget
+    /// slot back.
+    pub fn failed(mut self) {
+        self.reported = true;
+        self.limits
+            .report(&self.name, self.counted_at, Outcome::Failed);
+    }
+}
+
+impl Drop for OrderPermit {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.limits
+                .report(&self.name, self.counted_at, Outcome::Unknown);
+        }
+        self.limits.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl fmt::Debug for OrderPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OrderPermit")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A duration in the short form operators read in log lines: `850ms`, `1.4s`, `42s`,
+/// `3m12s`, `3h12m`, `2d3h`.
+#[derive(Debug, Clone, Copy)]
+pub struct ShortDuration(pub Duration);
+
+impl fmt::Display for ShortDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let secs = d.as_secs();
+        if secs == 0 {
+            return write!(f, "{}ms", d.subsec_millis());
+        }
+        if secs < 10 {
+            return write!(f, "{secs}.{}s", d.subsec_millis() / 100);
+        }
+        let (m, s) = (secs / 60, secs % 60);
+        let (h, m_) = (m / 60, m % 60);
+        let (days, h_) = (h / 24, h % 24);
+        match (days, h, m) {
+            (0, 0, 0) => write!(f, "{s}s"),
+            (0, 0, _) if s == 0 => write!(f, "{m}m"),
+            (0, 0, _) => write!(f, "{m}m{s}s"),
+            (0, _, _) if m_ == 0 => write!(f, "{h}h"),
+            (0, _, _) => write!(f, "{h}h{m_}m"),
+            _ if h_ == 0 => write!(f, "{days}d"),
+            _ => write!(f, "{days}d{h_}h"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clock tests move by hand.
+    struct ManualClock {
+        start: Instant,
+        unix_start: i64,
+        offset: Mutex<Duration>,
+    }
+
+    impl ManualClock {
+        fn new() -> Arc<ManualClock> {
+            Arc::new(ManualClock {
+                start: Instant::now(),
+                unix_start: 1_750_000_000,
+                offset: Mutex::new(Duration::ZERO),
+            })
+        }
+        fn advance(&self, d: Duration) {
+            *lock(&self.offset) += d;
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> Instant {
+            self.start + *lock(&self.offset)
+        }
+        fn unix_now(&self) -> i64 {
+            self.unix_start + lock(&self.offset).as_secs() as i64
+        }
+    }
+
+    fn d(s: &str) -> Domain {
+        Domain::parse(s).unwrap()
+    }
+
+    fn limits(settings: LimitSettings) -> (Limits, Arc<ManualClock>) {
+        let clock = ManualClock::new();
+        (Limits::build(settings, None, clock.clone()), clock)
+    }
+
+    /// Only the limit under test is tight.
+    fn loose() -> LimitSettings {
+        LimitSettings {
+            interval: Duration::ZERO,
+            burst: 1,
+            max_concurrent: 1000,
+            backoff_initial: Duration::ZERO,
+            backoff_max: Duration::ZERO,
+            backoff_capacity: 100,
+            budget_per_week: None,
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones_and_valid() {
+        let s = LimitSettings::default();
+        assert_eq!(s.interval, Duration::from_secs(2));
+        assert_eq!(s.burst, 5);
+        assert_eq!(s.max_concurrent, 10);
+        assert_eq!(s.backoff_initial, Duration::from_secs(60));
+        assert_eq!(s.backoff_max, Duration::from_secs(3600));
+        assert_eq!(s.budget_per_week, Some(45));
+        assert!(s.validate().is_empty());
+        let bad = LimitSettings {
+            burst: 0,
+            max_concurrent: 0,
+            backoff_initial: Duration::from_secs(7200),
+            budget_per_week: Some(0),
+            ..LimitSettings::default()
+        };
+        let fields: Vec<_> = bad.validate().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "burst",
+                "max_concurrent",
+                "backoff_initial",
+                "budget_per_week"
+            ]
+        );
+    }
+
+    #[test]
+    fn rate_burst_then_refusal_then_refill() {
+        let (l, clock) = limits(LimitSettings {
+            interval: Duration::from_secs(2),
+            burst: 5,
+            ..loose()
+        });
+        for i in 0..5 {
+            l.try_acquire(&d(&format!("n{i}.example.com")))
+                .expect("burst")
+                .succeeded();
+        }
+        let err = l.try_acquire(&d("n5.example.com")).unwrap_err();
+        assert_eq!(err.kind(), "rate");
+        assert_eq!(err.retry_in(), Some(Duration::from_secs(2)));
+        assert!(err.to_string().contains("next slot in 2.0s"), "{err}");
+
+        clock.advance(Duration::from_millis(1500));
+        let err = l.try_acquire(&d("n5.example.com")).unwrap_err();
+        assert_eq!(err.retry_in(), Some(Duration::from_millis(500)));
+
+        clock.advance(Duration::from_millis(500));
+        l.try_acquire(&d("n5.example.com"))
+            .expect("one refilled")
+            .succeeded();
+        assert_eq!(
+            l.try_acquire(&d("n6.example.com")).unwrap_err().kind(),
+            "rate"
+        );
+
+        // A long quiet period refills to `burst`, not beyond.
+        clock.advance(Duration::from_secs(3600));
+        for i in 0..5 {
+            l.try_acquire(&d(&format!("m{i}.example.com")))
+                .expect("refilled")
+                .succeeded();
+        }
+        assert_eq!(
+            l.try_acquire(&d("m5.example.com")).unwrap_err().kind(),
+            "rate"
+        );
+    }
+
+    #[test]
+    fn renewals_skip_the_rate_limit_but_not_the_budget() {
+        let (l, _clock) = limits(LimitSettings {
+            interval: Duration::from_secs(2),
+            burst: 1,
+            budget_per_week: Some(3),
+            ..loose()
+        });
+        l.try_acquire(&d("a.example.com"))
+            .expect("token")
+            .succeeded();
+        assert_eq!(
+            l.try_acquire(&d("b.example.com")).unwrap_err().kind(),
+            "rate"
+        );
+        l.try_acquire_renewal(&d("b.example.com"))
+            .expect("renewal")
+            .succeeded();
+        l.try_acquire_renewal(&d("c.example.com"))
+            .expect("renewal")
+            .succeeded();
+        let err = l.try_acquire_renewal(&d("d.example.com")).unwrap_err();
+        assert_eq!(err.kind(), "budget");
+    }
+
+    #[test]
+    fn zero_interval_means_no_rate_limit() {
+        let (l, _clock) = limits(loose());
+        for i in 0..100 {
+            l.try_acquire(&d(&format!("n{i}.example.com")))
+                .expect("unlimited")
+                .succeeded();
+        }
+    }
+
+    #[test]
+    fn concurrency_slot_is_released_on_drop() {
+        let (l, _clock) = limits(LimitSettings {
+            max_concurrent: 2,
+            ..loose()
+        });
+        let a = l.try_acquire(&d("a.example.com")).expect("slot 1");
+        let b = l.try_acquire(&d("b.example.com")).expect("slot 2");
+        assert_eq!(l.in_flight(), 2);
+        let err = l.try_acquire(&d("c.example.com")).unwrap_err();
+        assert_eq!(err, Limited::Concurrency { max: 2 });
+        assert_eq!(err.kind(), "concurrency");
+        assert_eq!(err.retry_in(), None);
+        a.succeeded();
+        assert_eq!(l.in_flight(), 1);
+        let c = l
+            .try_acquire(&d("c.example.com"))
+            .expect("freed by succeeded");
+        drop(b);
+        drop(c);
+        assert_eq!(l.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_concurrency_refusal_burns_no_rate_token() {
+        let (l, _clock) = limits(LimitSettings {
+            interval: Duration::from_secs(60),
+            burst: 2,
+            max_concurrent: 1,
+            ..loose()
+        });
+        let a = l.try_acquire(&d("a.example.com")).expect("first");
+        for _ in 0..10 {
+            assert_eq!(
+                l.try_acquire(&d("b.example.com")).unwrap_err().kind(),
+                "concurrency"
+            );
+        }
+        drop(a);
+        l.try_acquire(&d("b.example.com"))
+            .expect("second token still there")
+            .succeeded();
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_resets_on_success() {
+        let (l, clock) = limits(LimitSettings {
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(3600),
+            ..loose()
+        });
+        let name = d("shop.example.com");
+        let mut expected = Vec::new();
+        for failures in 1..=9u32 {
+            l.try_acquire(&name).expect("not in backoff").failed();
+            let err = l.try_acquire(&name).unwrap_err();
+            let Limited::Backoff {
+                failures: f,
+                retry_in,
+                ..
+            } = &err
+            else {
+                panic!("{err:?}")
+            };
+            assert_eq!(*f, failures);
+            expected.push(retry_in.as_secs());
+            assert_eq!(err.kind(), "backoff");
+            // Other names are not affected.
+            l.try_acquire(&d("other.example.com"))
+                .expect("other name")
+                .succeeded();
+            clock.advance(*retry_in);
+        }
+        assert_eq!(expected, [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]);
+
+        l.try_acquire(&name).expect("backoff over").succeeded();
+        l.try_acquire(&name).expect("reset").failed();
+        assert_eq!(
+            l.try_acquire(&name).unwrap_err().retry_in(),
+            Some(Duration::from_secs(60)),
+            "a success resets the streak"
+        );
+    }
+
+    #[test]
+    fn a_permit_dropped_without_outcome_counts_as_failed() {
+        let (l, _clock) = limits(LimitSettings {
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(3600),
+            budget_per_week: Some(10),
+            ..loose()
+        });
+        drop(l.try_acquire(&d("shop.example.com")).expect("first"));
+        assert_eq!(
+            l.try_acquire(&d("shop.example.com")).unwrap_err().kind(),
+            "backoff"
+        );
+        assert_eq!(l.budget_used(&d("x.example.com")), (1, Some(10)), "kept");
+    }
+
+    #[test]
+    fn registered_domains_follow_the_public_suffix_list() {
+        let cases = [
+            ("shop.cartier.example.com", "example.com"),
+            ("example.com", "example.com"),
+            ("a.b.example.co.uk", "example.co.uk"),
+            ("www.city.kawasaki.jp", "city.kawasaki.jp"),
+            ("shop.tenant.test", "tenant.test"),
+            ("alice.github.io", "alice.github.io"),
+            ("co.uk", "co.uk"),
+            ("localhost", "localhost"),
+        ];
+        for (name, want) in cases {
+            assert_eq!(registered_domain(&d(name)), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn budget_is_shared_per_registered_domain() {
+        let (l, clock) = limits(LimitSettings {
+            budget_per_week: Some(3),
+            ..loose()
+        });
+        l.try_acquire(&d("a.shop.example.co.uk"))
+            .expect("1")
+            .succeeded();
+        l.try_acquire(&d("b.shop.example.co.uk"))
+            .expect("2")
+            .succeeded();
+        clock.advance(Duration::from_secs(3600));
+        l.try_acquire(&d("example.co.uk")).expect("3").succeeded();
+        let err = l.try_acquire(&d("c.example.co.uk")).unwrap_err();
+        assert_eq!(
+            err,
+            Limited::Budget {
+                registered: "example.co.uk".into(),
+                used: 3,
+                limit: 3,
+                retry_in: BUDGET_WINDOW - Duration::from_secs(3600),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "example.co.uk has used 3 of 3 orders this week (budget_per_week); \
+             next slot in 6d23h"
+        );
+        // Different registered domains, including siblings under the same suffix, are apart.
+        l.try_acquire(&d("shop.other.co.uk"))
+            .expect("other domain")
+            .succeeded();
+        l.try_acquire(&d("shop.example.com"))
+            .expect("other suffix")
+            .succeeded();
+        assert_eq!(l.budget_used(&d("x.example.co.uk")), (3, Some(3)));
+
+        // The window slides: the first two orders leave it after 7 days.
+        clock.advance(BUDGET_WINDOW - Duration::from_secs(3600));
+        assert_eq!(l.budget_used(&d("x.example.co.uk")), (1, Some(3)));
+        l.try_acquire(&d("c.example.co.uk"))
+            .expect("slot freed")
+            .succeeded();
+    }
+
+    #[test]
+    fn a_failed_order_gives_its_budget_slot_back() {
+        let (l, _clock) = limits(LimitSettings {
+            budget_per_week: Some(1),
+            ..loose()
+        });
+        l.try_acquire(&d("a.example.com")).expect("1").failed();
+        l.try_acquire(&d("b.example.com"))
+            .expect("refunded")
+            .succeeded();
+        assert_eq!(
+            l.try_acquire(&d("c.example.com")).unwrap_err().kind(),
+            "budget"
+        );
+    }
+
+    #[test]
+    fn budget_survives_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new();
+        let settings = LimitSettings {
+            budget_per_week: Some(2),
+            ..loose()
+        };
+        let load = || Limits::load_with_clock(dir.path(), settings.clone(), clock.clone()).unwrap();
+        let path = dir.path().join("limits").join("budget.json");
+        {
+            let l = load();
+            // No runtime here: the write happens inline.
+            l.try_acquire(&d("a.example.com")).expect("1").succeeded();
+            l.try_acquire(&d("b.example.com")).expect("2").succeeded();
+            l.try_acquire(&d("a.other.com")).expect("3").failed();
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap();
+        assert_eq!(dir_mode.permissions().mode() & 0o777, 0o700);
+
+        let reloaded = load();
+        assert_eq!(reloaded.budget_used(&d("x.example.com")), (2, Some(2)));
+        assert_eq!(reloaded.budget_used(&d("x.other.com")), (0, Some(2)));
+        assert_eq!(
+            reloaded
+                .try_acquire(&d("c.example.com"))
+                .unwrap_err()
+                .kind(),
+            "budget"
+        );
+
+        // A week later the entries have expired, and the next write drops them.
+        clock.advance(BUDGET_WINDOW);
+        let later = load();
+        assert_eq!(later.budget_used(&d("x.example.com")), (0, Some(2)));
+        later.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("example.com"), "{text}");
+    }
+
+    #[test]
+    fn a_corrupt_or_foreign_budget_file_is_treated_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("limits")).unwrap();
+        let path = dir.path().join("limits").join("budget.json");
+        let settings = LimitSettings {
+            budget_per_week: Some(1),
+            ..loose()
+        };
+        let bad: &[&[u8]] = &[
+            b"",
+            b"{",
+            b"\xff\xfe garbage",
+            b"[]",
+            b"{\"version\":2,\"window_secs\":604800,\"orders\":{}}",
+            b"{\"version\":1,\"window_secs\":604800,\"orders\":{\"example.com\":\"x\"}}",
+            b"{\"version\":1,\"window_secs\":604800,\"orders\":{},\"extra\":1}",
+        ];
+        for content in bad {
+            std::fs::write(&path, content).unwrap();
+            let l = Limits::load(dir.path(), settings.clone()).unwrap();
+            assert_eq!(l.budget_used(&d("a.example.com")), (0, Some(1)));
+            l.try_acquire(&d("a.example.com"))
+                .expect("empty budget")
+                .succeeded();
+            // ... and the file is valid again.
+            let again = Limits::load(dir.path(), settings.clone()).unwrap();
+            assert_eq!(again.budget_used(&d("a.example.com")), (1, Some(1)));
+        }
+        // A directory in place of the file: logged, empty, no panic.
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let l = Limits::load(dir.path(), settings).unwrap();
+        assert_eq!(l.budget_used(&d("a.example.com")), (0, Some(1)));
+        let permit = l.try_acquire(&d("a.example.com")).expect("in memory");
+        assert!(l.flush().is_err());
+        drop(permit);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_a_runtime_the_budget_is_written_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = LimitSettings {
+            budget_per_week: Some(100),
+            ..loose()
+        };
+        let l = Limits::load(dir.path(), settings.clone()).unwrap();
+        for i in 0..50 {
+            l.try_acquire(&d(&format!("n{i}.example.com")))
+                .expect("budget")
+                .succeeded();
+        }
+        let path = dir.path().join("limits").join("budget.json");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reloaded = Limits::load(dir.path(), settings.clone()).unwrap();
+            if reloaded.budget_used(&d("x.example.com")).0 == 50 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "budget never reached the disk");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(path.is_file());
+    }
+
+    #[test]
+    fn token_bucket_edges() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::full(2, t0);
+        let i = Duration::from_secs(1);
+        assert!(b.try_take(i, 2, t0).is_ok());
+        assert!(b.try_take(i, 2, t0).is_ok());
+        assert_eq!(b.try_take(i, 2, t0), Err(i));
+        // Partial intervals are not lost: 0.6s + 0.6s = one token.
+        assert!(b.try_take(i, 2, t0 + Duration::from_millis(600)).is_err());
+        assert!(b.try_take(i, 2, t0 + Duration::from_millis(1200)).is_ok());
+        assert_eq!(
+            b.try_take(i, 2, t0 + Duration::from_millis(1200)),
+            Err(Duration::from_millis(800))
+        );
+        // Time going backwards (a bad `now`) does not panic or credit tokens.
+        assert!(b.try_take(i, 2, t0).is_err());
+    }
+
+    #[test]
+    fn short_durations_read_well() {
+        let cases = [
+            (Duration::from_millis(850), "850ms"),
+            (Duration::from_millis(1400), "1.4s"),
+            (Duration::from_secs(42), "42s"),
+            (Duration::from_secs(60), "1m"),
+            (Duration::from_secs(192), "3m12s"),
+            (Duration::from_secs(3 * 3600 + 12 * 60 + 5), "3h12m"),
+            (Duration::from_secs(7200), "2h"),
+            (Duration::from_secs(2 * 86400 + 3 * 3600), "2d3h"),
+            (Duration::from_secs(86400), "1d"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(ShortDuration(d).to_string(), want);
+        }
+    }
+}
