@@ -189,7 +189,11 @@ async fn an_unreachable_ca_fails_fast_then_recovers() {
     let started = Instant::now();
     let h = handshake(setup.https, Some("down.tenant.test"), None);
     assert!(!h.ok);
-    assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited {:?}",
+        started.elapsed()
+    );
     let failed_at = Instant::now();
 
     // The CA is back, but the name backs off: no new order until the backoff has passed.
@@ -197,8 +201,24 @@ async fn an_unreachable_ca_fails_fast_then_recovers() {
     let h = handshake(setup.https, Some("down.tenant.test"), None);
     assert!(!h.ok, "served during the backoff");
     let m = setup.scrape();
-    assert_eq!(metric(&m, "tenant_edge_issuances_limited_total", &[("limit", "backoff")]), 1.0, "{m}");
-    assert_eq!(metric(&m, "tenant_edge_issuances_total", &[("issuer", "acme"), ("outcome", "failure")]), 1.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_issuances_limited_total",
+            &[("limit", "backoff")]
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_issuances_total",
+            &[("issuer", "acme"), ("outcome", "failure")]
+        ),
+        1.0,
+        "{m}"
+    );
     assert_eq!(pebble.orders(), 0);
 
     let root = pem(&pebble.issuing_root());
@@ -211,6 +231,9 @@ async fn an_unreachable_ca_fails_fast_then_recovers() {
             other => panic!("no certificate after Pebble returned: {other:?}"),
         }
     }
-    assert!(failed_at.elapsed() >= Duration::from_secs(3), "the backoff was not applied");
+    assert!(
+        failed_at.elapsed() >= Duration::from_secs(3),
+        "the backoff was not applied"
+    );
     assert_eq!(pebble.orders(), 1);
 }

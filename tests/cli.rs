@@ -10,7 +10,10 @@ fn tenant_edge(args: &[&str]) -> (i32, String) {
     // conf/production.yaml reads these from the environment.
     let out = Command::new(EDGE)
         .args(args)
-        .env("DATABASE_URL", "postgres://tenant_edge@db.internal:5432/app")
+        .env(
+            "DATABASE_URL",
+            "postgres://tenant_edge@db.internal:5432/app",
+        )
         .env("ACME_EMAIL", "ops@example.com")
         .output()
         .expect("run tenant-edge");
