@@ -168,6 +168,12 @@ pub struct AllowConfig {
 pub struct DatabaseConfig {
     pub url: String,
     pub query: String,
+    /// Every name the database allows (pre-provisioning, `certs warm`); no parameters.
+    pub list_query: String,
+    /// LISTEN channel for instant tenant changes (`deploy/postgres/notify.sql`).
+    pub notify_channel: String,
+    /// How often the whole allow-list is read for pre-provisioning (a safety net for NOTIFY).
+    pub scan_interval: Duration,
     pub timeout: Duration,
     pub pool_size: usize,
 }
@@ -371,6 +377,9 @@ mod raw {
     pub struct Database {
         pub url: Leaf,
         pub query: Leaf,
+        pub list_query: Leaf,
+        pub notify_channel: Leaf,
+        pub scan_interval: Leaf,
         pub timeout: Leaf,
         pub pool_size: Leaf,
     }
@@ -452,6 +461,11 @@ mod raw {
 /// The default allow-list query (DESIGN.md); `$1` is the normalized name.
 pub const DEFAULT_ALLOW_QUERY: &str =
     "SELECT 1 FROM companies WHERE active AND dns_names @> ARRAY[$1]::citext[] LIMIT 1";
+/// Every allowed name, for pre-provisioning and `certs warm` (one text column).
+pub const DEFAULT_LIST_QUERY: &str =
+    "SELECT DISTINCT lower(unnest(dns_names)::text) FROM companies WHERE active";
+/// The LISTEN channel `deploy/postgres/notify.sql` notifies.
+pub const DEFAULT_NOTIFY_CHANNEL: &str = "tenant_edge_domains";
 /// Let's Encrypt's production directory.
 pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
@@ -955,9 +969,44 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
             errs.uint("allow.database.pool_size", v, 1, 256)
                 .map(|n| n as usize)
         });
+        let list_query = d
+            .list_query
+            .as_ref()
+            .map_or(Some(DEFAULT_LIST_QUERY.to_string()), |v| {
+                errs.string("allow.database.list_query", v)
+            });
+        let notify_channel =
+            d.notify_channel
+                .as_ref()
+                .map_or(Some(DEFAULT_NOTIFY_CHANNEL.to_string()), |v| {
+                    let c = errs.string("allow.database.notify_channel", v)?;
+                    let ok = !c.is_empty()
+                        && c.len() <= 63
+                        && c.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                        && !c.as_bytes()[0].is_ascii_digit();
+                    if !ok {
+                        errs.push(
+                            "allow.database.notify_channel",
+                            Some(v),
+                            "expected a lowercase SQL identifier such as tenant_edge_domains",
+                        );
+                        return None;
+                    }
+                    Some(c)
+                });
+        let scan_interval = opt_duration(
+            errs,
+            "allow.database.scan_interval",
+            &d.scan_interval,
+            secs(600),
+        );
         Some(DatabaseConfig {
             url: url?,
             query: query?,
+            list_query: list_query?,
+            notify_channel: notify_channel?,
+            scan_interval: scan_interval?,
             timeout: timeout?,
             pool_size: pool_size?,
         })

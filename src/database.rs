@@ -362,6 +362,9 @@ mod tests {
         DatabaseConfig {
             url: url.into(),
             query: crate::config::DEFAULT_ALLOW_QUERY.into(),
+            list_query: crate::config::DEFAULT_LIST_QUERY.into(),
+            notify_channel: crate::config::DEFAULT_NOTIFY_CHANNEL.into(),
+            scan_interval: Duration::from_secs(600),
             timeout: Duration::from_secs(1),
             pool_size: 2,
         }

@@ -119,7 +119,7 @@ impl Metrics {
         const ISSUANCE: &[f64] = &[
             0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
         ];
-        Ok(Metrics {
+        let metrics = Metrics {
             handshakes: counter(
                 &r,
                 "tls_handshakes_total",
@@ -229,7 +229,91 @@ impl Metrics {
                 &["kind"],
             )?,
             registry: r,
-        })
+        };
+        metrics.preinit();
+        Ok(metrics)
+    }
+
+    /// Create the series of every closed label set at zero, so that every family is exported
+    /// from the first scrape (dashboards and alert rules see 0, not "no data").
+    fn preinit(&self) {
+        const REFUSALS: &[&str] = &[
+            "no_sni",
+            "bad_name",
+            "not_allowed",
+            "decision_error",
+            "issue_failed",
+            "issue_timeout",
+            "store_error",
+            "bad_issue",
+            "no_challenge",
+            "limited",
+        ];
+        for source in ["memory", "disk", "issued", "acme_challenge"] {
+            self.handshakes.with_label_values(&["served", source]);
+        }
+        for outcome in REFUSALS {
+            self.handshakes.with_label_values(&[outcome, "none"]);
+        }
+        for resumed in ["true", "false"] {
+            self.handshakes_completed.with_label_values(&[resumed]);
+        }
+        for source in ["platform", "database", "ask", "cache"] {
+            for result in ["allowed", "denied", "error", "stale_allowed", "fail_closed"] {
+                self.decisions.with_label_values(&[source, result]);
+            }
+        }
+        for outcome in ["ok", "error", "timeout"] {
+            self.database_queries.with_label_values(&[outcome]);
+        }
+        for reason in ["redirect", "status", "unreachable"] {
+            self.ask_misconfigured.with_label_values(&[reason]);
+        }
+        for limit in ["rate", "concurrency", "backoff", "budget", "client"] {
+            self.issuances_limited.with_label_values(&[limit]);
+        }
+        for challenge in ["http-01", "tls-alpn-01"] {
+            self.acme_order_duration.with_label_values(&[challenge]);
+            for outcome in ["valid", "invalid", "error"] {
+                self.acme_orders.with_label_values(&[challenge, outcome]);
+            }
+        }
+        for issuer in ["internal", "acme"] {
+            self.issuance_duration.with_label_values(&[issuer]);
+            for outcome in ["success", "failure"] {
+                self.issuances.with_label_values(&[issuer, outcome]);
+            }
+        }
+        for reason in [
+            "no_key",
+            "no_certificate",
+            "unparsable",
+            "key_mismatch",
+            "name_mismatch",
+        ] {
+            self.store_corrupt.with_label_values(&[reason]);
+        }
+        for reason in ["misdirected", "no_host", "not_allowed"] {
+            self.requests_refused.with_label_values(&[reason]);
+        }
+        for kind in [
+            "redirect",
+            "challenge_hit",
+            "challenge_miss",
+            "bad_token",
+            "bad_host",
+        ] {
+            self.http_requests.with_label_values(&[kind]);
+        }
+    }
+
+    /// Create the per-pool series at zero (pool names come from the config).
+    pub fn preinit_pool(&self, pool: &str) {
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "error"] {
+            self.upstream_requests.with_label_values(&[pool, class]);
+        }
+        self.request_duration.with_label_values(&[pool]);
+        self.upstream_retries.with_label_values(&[pool]);
     }
 
     /// The Prometheus text exposition of every family.

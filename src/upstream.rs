@@ -141,6 +141,7 @@ where
             message: e.to_string(),
         }
     })?;
+    metrics.preinit_pool(&pool.name);
     let count = pool.backends.len() as i64;
     metrics
         .upstream_backends

@@ -39,6 +39,9 @@ fn pg_query(url: &str, query: &str, timeout: Duration, metrics: &Arc<Metrics>) -
     let config = DatabaseConfig {
         url: url.to_string(),
         query: query.to_string(),
+        list_query: tenant_edge::config::DEFAULT_LIST_QUERY.to_string(),
+        notify_channel: tenant_edge::config::DEFAULT_NOTIFY_CHANNEL.to_string(),
+        scan_interval: Duration::from_secs(600),
         timeout,
         pool_size: 4,
     };
