@@ -81,6 +81,26 @@ pub struct Config {
     pub issuer: IssuerConfig,
     pub upstreams: UpstreamsConfig,
     pub limits: LimitsConfig,
+    pub renewal: RenewalConfig,
+    pub provisioning: ProvisioningConfig,
+}
+
+/// When certificates are renewed (`renewal:`).
+#[derive(Debug, Clone)]
+pub struct RenewalConfig {
+    /// Renew when this fraction of the lifetime is left (default 1/3), unless the CA's renewal
+    /// information (ARI) suggests a window.
+    pub fraction: f64,
+    /// Longest sleep between two looks at the schedule; the next due certificate wakes it sooner.
+    pub check_interval: Duration,
+}
+
+/// Background issuance of allowed names before their first request (`provisioning:`).
+#[derive(Debug, Clone)]
+pub struct ProvisioningConfig {
+    pub enabled: bool,
+    /// New orders per 3 hours for pre-provisioning (Let's Encrypt: 300 per account per 3h).
+    pub orders_per_3h: u32,
 }
 
 /// Abuse limits on new orders and on never-seen names per client (`limits:`).
@@ -310,6 +330,22 @@ mod raw {
         pub upstreams: Upstreams,
         #[serde(default)]
         pub limits: Limits,
+        #[serde(default)]
+        pub renewal: Renewal,
+        #[serde(default)]
+        pub provisioning: Provisioning,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Renewal {
+        pub fraction: Leaf,
+        pub check_interval: Leaf,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Provisioning {
+        pub enabled: Leaf,
+        pub orders_per_3h: Leaf,
     }
 
     #[derive(Deserialize, Default)]
@@ -1071,6 +1107,42 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
 
     let upstreams = build_upstreams(&raw.upstreams, errs);
     let limits = build_limits(&raw.limits, errs);
+    let fraction = match &raw.renewal.fraction {
+        None => Some(1.0 / 3.0),
+        Some(v) => match v.as_f64() {
+            Some(f) if f > 0.0 && f < 1.0 => Some(f),
+            _ => {
+                errs.push(
+                    "renewal.fraction",
+                    Some(v),
+                    "expected a number between 0 and 1, such as 0.33",
+                );
+                None
+            }
+        },
+    };
+    let check_interval = opt_duration(
+        errs,
+        "renewal.check_interval",
+        &raw.renewal.check_interval,
+        secs(300),
+    );
+    let provisioning_enabled = match &raw.provisioning.enabled {
+        None => Some(true),
+        Some(Value::Bool(b)) => Some(*b),
+        Some(v) => {
+            errs.push("provisioning.enabled", Some(v), "expected true or false");
+            None
+        }
+    };
+    let orders_per_3h = raw
+        .provisioning
+        .orders_per_3h
+        .as_ref()
+        .map_or(Some(300), |v| {
+            errs.uint("provisioning.orders_per_3h", v, 1, 1_000_000)
+                .map(|n| n as u32)
+        });
 
     Some(Config {
         data_dir: data_dir?,
@@ -1106,6 +1178,14 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
         issuer: issuer?,
         upstreams: upstreams?,
         limits: limits?,
+        renewal: RenewalConfig {
+            fraction: fraction?,
+            check_interval: check_interval?,
+        },
+        provisioning: ProvisioningConfig {
+            enabled: provisioning_enabled?,
+            orders_per_3h: orders_per_3h?,
+        },
     })
 }
 

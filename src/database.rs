@@ -62,6 +62,8 @@ pub struct PgAllowList {
     target: String,
     password: Option<String>,
     query: String,
+    /// Every allowed name (pre-provisioning, `certs warm`).
+    list_query: String,
     timeout: Duration,
     /// Idle connections, each with the query prepared. Never held across an await.
     idle: Mutex<Vec<Conn>>,
@@ -96,6 +98,7 @@ impl PgAllowList {
             config: pg,
             password,
             query: config.query.clone(),
+            list_query: config.list_query.clone(),
             timeout: config.timeout,
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(config.pool_size.max(1)),
@@ -110,6 +113,88 @@ impl PgAllowList {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(failure)) => Err(self.error(failure)),
             Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    /// Every name the database allows: `allow.database.list_query` (no parameters, one
+    /// text-like column), through the same pool and bounded by the same
+    /// `allow.database.timeout`. Rows that are not valid DNS names are skipped with a warning;
+    /// the result is sorted and without duplicates. Not counted in the lookup metrics.
+    pub async fn all_names(&self) -> Result<Vec<Domain>, DecisionError> {
+        let rows = match tokio::time::timeout(self.timeout, self.list()).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(failure)) => return Err(self.error(failure)),
+            Err(_) => return Err(self.timeout_error()),
+        };
+        let mut names = Vec::with_capacity(rows.len());
+        for raw in rows.into_iter().flatten() {
+            match Domain::parse(&raw) {
+                Ok(name) => names.push(name),
+                Err(e) => log::warn!(
+                    "allow.database.list_query returned {raw:?}, which is not a usable name ({e}); skipped"
+                ),
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Run the list query on a pooled (or new) connection; the first column of each row.
+    async fn list(&self) -> Result<Vec<Option<String>>, Failure> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| Failure::Unavailable("the connection pool is closed".into()))?;
+        let mut pooled = self.take_idle();
+        loop {
+            let reused = pooled.is_some();
+            let conn = match pooled.take() {
+                Some(conn) => conn,
+                None => self.connect().await?,
+            };
+            let result = conn.client.query(self.list_query.as_str(), &[]).await;
+            match result {
+                Ok(rows) => {
+                    self.put_back(conn);
+                    return rows
+                        .iter()
+                        .map(|row| {
+                            row.try_get::<_, Option<String>>(0).map_err(|e| {
+                                Failure::Query(format!(
+                                    "allow.database.list_query must return one text column of names: {}",
+                                    self.redact(chain(&e))
+                                ))
+                            })
+                        })
+                        .collect();
+                }
+                Err(e) => {
+                    let broken = e.is_closed() || conn.client.is_closed();
+                    if broken && reused {
+                        continue;
+                    }
+                    if broken {
+                        return Err(Failure::Unavailable(format!(
+                            "the connection to PostgreSQL at {} broke: {}",
+                            self.target,
+                            self.redact(chain(&e))
+                        )));
+                    }
+                    self.put_back(conn);
+                    let message = format!(
+                        "allow.database.list_query failed on {}: {}",
+                        self.target,
+                        self.redact(chain(&e))
+                    );
+                    return Err(if e.as_db_error().is_none() || is_config_error(&e) {
+                        Failure::Query(message)
+                    } else {
+                        Failure::Unavailable(message)
+                    });
+                }
+            }
         }
     }
 

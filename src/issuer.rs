@@ -18,6 +18,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
+use crate::certificate::CertifiedKey;
 use crate::config::KeyType;
 use crate::domain::Domain;
 use crate::store::{create_private_dir, write_atomic, StoreError};
@@ -59,6 +60,19 @@ pub trait Issuer: Send + Sync {
     /// Obtain a new certificate whose SAN is exactly `name`. Called only after the allow-list
     /// said yes; may take seconds (ACME) and is never retried by the issuer itself.
     async fn issue(&self, name: &Domain) -> Result<Issued, IssueError>;
+
+    /// When the CA suggests renewing `old`, as Unix seconds `(start, end)` (ACME Renewal
+    /// Information, RFC 9773). `None`: the CA offers no such window; the manager then renews
+    /// when `renewal.fraction` of the lifetime is left. The default offers none.
+    async fn renewal_window(&self, _old: &CertifiedKey) -> Option<(i64, i64)> {
+        None
+    }
+
+    /// A new certificate for `name` replacing `old` (an ACME CA is told which certificate is
+    /// replaced, which exempts the order from some rate limits). The default is `issue`.
+    async fn renew(&self, name: &Domain, _old: &CertifiedKey) -> Result<Issued, IssueError> {
+        self.issue(name).await
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

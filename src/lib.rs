@@ -17,6 +17,7 @@
 pub mod acme;
 pub mod ask;
 pub mod certificate;
+pub mod certs_cli;
 pub mod challenge;
 pub mod check;
 pub mod client_gate;
@@ -27,8 +28,10 @@ pub mod domain;
 pub mod issuer;
 pub mod limits;
 pub mod logging;
+pub mod maintain;
 pub mod manager;
 pub mod metrics;
+pub mod notify;
 pub mod plain_http;
 pub mod proxy;
 pub mod server;

@@ -75,6 +75,18 @@ impl Refusal {
 
 type Outcome = Result<(Arc<CertifiedKey>, CertSource), Refusal>;
 
+/// What a background renewal did.
+#[derive(Debug)]
+pub enum RenewOutcome {
+    Renewed,
+    /// The CA (or issuer) failed; the current certificate stays in service.
+    Failed,
+    /// A limit (backoff, concurrency, budget) said "not now".
+    Deferred(Limited),
+    /// The allow-list says no: not renewed, dropped from memory.
+    NotAllowed,
+}
+
 pub struct ManagerSettings {
     pub default_name: Option<Domain>,
     pub issue_timeout: Duration,
@@ -142,7 +154,89 @@ impl CertManager {
         if let Some(ck) = self.cached(name) {
             return Ok((ck, CertSource::Memory));
         }
-        self.fill(name).await
+        self.fill(name, self.settings.issue_timeout).await
+    }
+
+    /// Like `certificate`, but willing to wait `wait` for an issuance (background
+    /// pre-provisioning, operator commands). Joins a fill a handshake may have started.
+    pub async fn ensure(self: &Arc<Self>, name: &Domain, wait: Duration) -> Outcome {
+        match self.allow.decide(name).await {
+            Ok(Decision::Allowed(_)) => {}
+            Ok(Decision::Denied) => return Err(Refusal::NotAllowed(name.clone())),
+            Err(e) => return Err(Refusal::Decision(e)),
+        }
+        if let Some(ck) = self.cached(name) {
+            return Ok((ck, CertSource::Memory));
+        }
+        self.fill(name, wait).await
+    }
+
+    /// Renew `old` (the certificate currently served for `name`) if the name is still allowed.
+    /// A name that is no longer allowed is dropped from memory (its files stay until expiry,
+    /// so reactivation needs no new order). A failed renewal leaves `old` in service.
+    pub async fn renew(&self, name: &Domain, old: &Arc<CertifiedKey>) -> RenewOutcome {
+        match self.allow.decide(name).await {
+            Ok(Decision::Allowed(_)) => {}
+            _ => {
+                self.cache.invalidate(name);
+                self.metrics
+                    .renewals
+                    .with_label_values(&["skipped_not_allowed"])
+                    .inc();
+                log::info!("{name}: no longer allowed; not renewed, no longer served");
+                return RenewOutcome::NotAllowed;
+            }
+        }
+        match self.issue(name, Some(old)).await {
+            Ok((ck, _)) => {
+                self.cache.insert(name.clone(), ck);
+                self.metrics.renewals.with_label_values(&["renewed"]).inc();
+                RenewOutcome::Renewed
+            }
+            Err(Refusal::Limited(limited)) => RenewOutcome::Deferred(limited),
+            Err(e) => {
+                self.metrics.renewals.with_label_values(&["failed"]).inc();
+                log::warn!(
+                    "{name}: renewal failed ({e}); the current certificate is served until it expires at {}",
+                    old.not_after
+                );
+                RenewOutcome::Failed
+            }
+        }
+    }
+
+    /// Every certificate held, in memory or on disk (disk entries parsed, not cached). Bundles
+    /// that do not parse are skipped (they are reported when a handshake loads them).
+    pub async fn held_certificates(&self) -> Vec<(Domain, Arc<CertifiedKey>)> {
+        let mut out: Vec<(Domain, Arc<CertifiedKey>)> =
+            self.cache.iter().map(|(k, v)| ((*k).clone(), v)).collect();
+        let names = match self.store.list().await {
+            Ok(names) => names,
+            Err(e) => {
+                log::warn!("cannot list stored certificates: {e}");
+                return out;
+            }
+        };
+        for name in names {
+            if self.cache.contains_key(&name) {
+                continue;
+            }
+            if let Ok(Some(stored)) = self.store.load(&name).await {
+                if let Ok(ck) = CertifiedKey::from_bundle(&stored.bundle, Some(&name)) {
+                    out.push((name, Arc::new(ck)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The issuer's renewal window for `ck` (ACME Renewal Information), if it offers one.
+    pub async fn renewal_window(&self, ck: &CertifiedKey) -> Option<(i64, i64)> {
+        self.issuer.renewal_window(ck).await
+    }
+
+    pub fn allow_list(&self) -> &Arc<AllowList> {
+        &self.allow
     }
 
     /// The memory cache alone: a certificate that is valid now, or `None`.
@@ -156,8 +250,8 @@ impl CertManager {
         matches!(self.allow.decide(name).await, Ok(d) if d.is_allowed())
     }
 
-    /// Join (or start) the fill task for `name` and wait for it, at most `issue_timeout`.
-    async fn fill(self: &Arc<Self>, name: &Domain) -> Outcome {
+    /// Join (or start) the fill task for `name` and wait for it, at most `wait`.
+    async fn fill(self: &Arc<Self>, name: &Domain, wait: Duration) -> Outcome {
         let mut rx = {
             let mut fills = self.fills.lock().unwrap_or_else(|p| p.into_inner());
             match fills.get(name) {
@@ -184,7 +278,6 @@ impl CertManager {
                 }
             }
         };
-        let wait = self.settings.issue_timeout;
         let answer = async {
             match rx.wait_for(Option::is_some).await {
                 Ok(outcome) => outcome.clone(),
@@ -225,12 +318,18 @@ impl CertManager {
                 return Err(Refusal::Store(e.to_string()));
             }
         }
-        self.issue(name).await
+        self.issue(name, None).await
     }
 
-    async fn issue(&self, name: &Domain) -> Outcome {
+    /// Place a new order (or, with `old`, a renewal replacing it) within the limits; save and
+    /// return the certificate.
+    async fn issue(&self, name: &Domain, old: Option<&Arc<CertifiedKey>>) -> Outcome {
         let kind = self.issuer.kind();
-        let permit = match self.limits.try_acquire(name) {
+        let permit = match old {
+            Some(_) => self.limits.try_acquire_renewal(name),
+            None => self.limits.try_acquire(name),
+        };
+        let permit = match permit {
             Ok(permit) => permit,
             Err(limited) => {
                 self.metrics
@@ -247,7 +346,10 @@ impl CertManager {
             }
         };
         let started = Instant::now();
-        let issued = self.issuer.issue(name).await;
+        let issued = match old {
+            Some(old) => self.issuer.renew(name, old).await,
+            None => self.issuer.issue(name).await,
+        };
         self.metrics
             .issuance_duration
             .with_label_values(&[kind])

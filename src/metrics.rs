@@ -46,6 +46,16 @@ pub struct Metrics {
     /// ACME orders. challenge: http-01 | tls-alpn-01; outcome: valid | invalid | error.
     pub acme_orders: IntCounterVec,
     pub acme_order_duration: HistogramVec,
+    /// Background renewals. outcome: renewed | failed | skipped_not_allowed.
+    pub renewals: IntCounterVec,
+    /// Names waiting for background issuance. kind: renewal | new.
+    pub provision_queue: IntGaugeVec,
+    /// Background issuance results. outcome: issued | already_valid | not_allowed | failed.
+    pub provisioned: IntCounterVec,
+    /// Tenant-change notifications (LISTEN). outcome: applied | ignored.
+    pub notifications: IntCounterVec,
+    /// 1 while the LISTEN connection to PostgreSQL is up.
+    pub notify_connected: IntGauge,
     /// issuer: internal | acme; outcome: success | failure | timeout.
     pub issuances: IntCounterVec,
     pub issuance_duration: HistogramVec,
@@ -107,6 +117,11 @@ impl Metrics {
             "Certificates held in memory, ready for handshakes",
         )?;
         r.register(Box::new(certificates_cached.clone()))?;
+        let notify_connected = IntGauge::new(
+            "tenant_edge_notify_connected",
+            "1 while the LISTEN connection for tenant changes is up",
+        )?;
+        r.register(Box::new(notify_connected.clone()))?;
         let soonest_expiry = Gauge::new(
             "tenant_edge_certificate_soonest_expiry_timestamp_seconds",
             "Unix time of the earliest notAfter among certificates held in memory (0 when none)",
@@ -156,6 +171,31 @@ impl Metrics {
                 "New certificate orders held back by an abuse limit, by limit",
                 &["limit"],
             )?,
+            renewals: counter(
+                &r,
+                "renewals_total",
+                "Background certificate renewals, by outcome",
+                &["outcome"],
+            )?,
+            provision_queue: gauges(
+                &r,
+                "provision_queue",
+                "Names waiting for background issuance, by kind",
+                &["kind"],
+            )?,
+            provisioned: counter(
+                &r,
+                "provisioned_total",
+                "Background issuance results (pre-provisioning and renewal), by outcome",
+                &["outcome"],
+            )?,
+            notifications: counter(
+                &r,
+                "notifications_total",
+                "Tenant-change notifications received over LISTEN, by outcome",
+                &["outcome"],
+            )?,
+            notify_connected,
             acme_orders: counter(
                 &r,
                 "acme_orders_total",
@@ -304,6 +344,18 @@ impl Metrics {
             "bad_host",
         ] {
             self.http_requests.with_label_values(&[kind]);
+        }
+        for outcome in ["renewed", "failed", "skipped_not_allowed"] {
+            self.renewals.with_label_values(&[outcome]);
+        }
+        for kind in ["renewal", "new"] {
+            self.provision_queue.with_label_values(&[kind]);
+        }
+        for outcome in ["issued", "already_valid", "not_allowed", "failed"] {
+            self.provisioned.with_label_values(&[outcome]);
+        }
+        for outcome in ["applied", "ignored"] {
+            self.notifications.with_label_values(&[outcome]);
         }
     }
 

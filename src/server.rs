@@ -22,6 +22,7 @@ use crate::database::PgAllowList;
 use crate::decision::{AllowList, DecisionSettings, DecisionSource};
 use crate::issuer::{InternalCa, Issuer};
 use crate::limits::Limits;
+use crate::maintain::Maintenance;
 use crate::manager::{CertManager, ManagerSettings};
 use crate::metrics::Metrics;
 use crate::plain_http::{MetricsApp, PlainHttp};
@@ -29,6 +30,7 @@ use crate::proxy::EdgeProxy;
 use crate::store::{create_private_dir, DiskStore};
 use crate::tls::tls_settings;
 use crate::upstream::Upstreams;
+use pingora::prelude::background_service;
 
 /// Pingora's process options, exposed as flags of `tenant-edge run`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,13 +59,34 @@ pub enum BuildError {
 /// The allow-list the config describes: platform domains, then the database, then the ask URL.
 /// Builds clients but connects nothing (connections open on first use, inside a runtime).
 pub fn allow_list(config: &Config, metrics: &Arc<Metrics>) -> Result<AllowList, BuildError> {
+    let database = database(config, metrics)?;
+    allow_list_with(config, metrics, database)
+}
+
+/// The database allow-list source, when configured (also used to list names and LISTEN).
+pub fn database(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<PgAllowList>>, BuildError> {
+    let Some(db) = &config.allow.database else {
+        return Ok(None);
+    };
+    let pg = PgAllowList::new(db, metrics.clone()).map_err(|e| BuildError::Source {
+        key: "allow.database",
+        message: e.to_string(),
+    })?;
+    Ok(Some(Arc::new(pg)))
+}
+
+/// `allow_list` with an already built database source.
+pub fn allow_list_with(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    database: Option<Arc<PgAllowList>>,
+) -> Result<AllowList, BuildError> {
     let mut sources: Vec<Arc<dyn DecisionSource>> = Vec::new();
-    if let Some(db) = &config.allow.database {
-        let pg = PgAllowList::new(db, metrics.clone()).map_err(|e| BuildError::Source {
-            key: "allow.database",
-            message: e.to_string(),
-        })?;
-        sources.push(Arc::new(pg));
+    if let Some(pg) = database {
+        sources.push(pg);
     }
     if let Some(ask) = &config.allow.ask {
         sources.push(Arc::new(AskUrl::new(ask, metrics.clone())));
@@ -79,6 +102,7 @@ pub fn allow_list(config: &Config, metrics: &Arc<Metrics>) -> Result<AllowList, 
 /// The parts of a running edge that tests and benchmarks reach into.
 pub struct Edge {
     pub allow: Arc<AllowList>,
+    pub database: Option<Arc<PgAllowList>>,
     pub manager: Arc<CertManager>,
     pub metrics: Arc<Metrics>,
     pub challenges: Arc<Challenges>,
@@ -93,7 +117,8 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
     })?;
     let metrics = Arc::new(Metrics::new()?);
     let challenges = Arc::new(Challenges::default());
-    let allow = Arc::new(allow_list(config, &metrics)?);
+    let database = database(config, &metrics)?;
+    let allow = Arc::new(allow_list_with(config, &metrics, database.clone())?);
     let store = Arc::new(
         DiskStore::open(&config.data_dir).map_err(|e| BuildError::DataDir {
             path: config.data_dir.display().to_string(),
@@ -140,6 +165,7 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
     );
     Ok(Edge {
         allow,
+        database,
         manager,
         metrics,
         challenges,
@@ -176,6 +202,15 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
         conf: None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config, opts));
+
+    let maintenance = Maintenance::new(
+        edge.manager.clone(),
+        edge.database.clone().zip(config.allow.database.clone()),
+        config.renewal.clone(),
+        config.provisioning.clone(),
+        edge.metrics.clone(),
+    );
+    server.add_service(background_service("certificate maintenance", maintenance));
 
     let upstreams = Arc::new(Upstreams::build(
         &config.upstreams,

@@ -53,6 +53,17 @@ impl Pebble {
     /// Start challtestsrv (DNS answering 127.0.0.1 for every name) and Pebble validating
     /// HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`.
     pub fn start(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
+        Pebble::start_with_validity(dir, http_port, tls_port, None)
+    }
+
+    /// `start`, issuing certificates valid for `validity` seconds (Pebble's
+    /// `certificateValidityPeriod`) instead of five years.
+    pub fn start_with_validity(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<u64>,
+    ) -> Pebble {
         let dir = dir.join("pebble");
         std::fs::create_dir_all(&dir).unwrap();
         let (listener_root, cert, key) = listener_certs(&dir);
@@ -94,7 +105,10 @@ impl Pebble {
         let json = format!(
             r#"{{"pebble": {{"listenAddress": "{listen}", "managementListenAddress": "{management}",
               "certificate": "{cert}", "privateKey": "{key}", "httpPort": {http_port}, "tlsPort": {tls_port},
-              "ocspResponderURL": "", "externalAccountBindingRequired": false}}}}"#,
+              "ocspResponderURL": "", "externalAccountBindingRequired": false{validity}}}}}"#,
+            validity = validity
+                .map(|v| format!(", \"certificateValidityPeriod\": {v}"))
+                .unwrap_or_default(),
             cert = cert.display(),
             key = key.display(),
         );
