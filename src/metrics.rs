@@ -56,7 +56,7 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// 1 while the LISTEN connection to PostgreSQL is up.
     pub notify_connected: IntGauge,
-    /// issuer: internal | acme; outcome: success | failure | timeout.
+    /// issuer: internal | acme; outcome: success | failure.
     pub issuances: IntCounterVec,
     pub issuance_duration: HistogramVec,
     pub certificates_cached: IntGauge,
