@@ -49,6 +49,14 @@ enum Command {
         #[arg(long)]
         syntax_only: bool,
     },
+    /// Stored certificates: list, show, issue, remove, warm, import-caddy.
+    Certs {
+        #[command(subcommand)]
+        command: tenant_edge::certs_cli::CertsCommand,
+        /// The configuration file (required).
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Say whether NAME is allowed, by which source, or why not.
     Allow {
         name: String,
@@ -98,6 +106,9 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::SUCCESS
             }
+        }
+        Command::Certs { command, config } => {
+            tenant_edge::certs_cli::run(command, config.as_deref())
         }
         Command::Allow { name, config } => match allow(&name, &config) {
             Ok(true) => ExitCode::SUCCESS,
