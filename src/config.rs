@@ -83,6 +83,32 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub renewal: RenewalConfig,
     pub provisioning: ProvisioningConfig,
+    /// `None`: one host, the disk store alone.
+    pub shared_store: Option<SharedStoreConfig>,
+}
+
+/// Several hosts sharing certificates, accounts, challenges and issuance locks through
+/// PostgreSQL (`store.shared`).
+#[derive(Clone)]
+pub struct SharedStoreConfig {
+    pub url: String,
+    /// AES-256 key for private keys at rest, read from the environment variable named by
+    /// `encryption_key_env` (base64, 32 bytes).
+    pub encryption_key: Option<[u8; 32]>,
+    pub migrate_on_start: bool,
+    /// How long an issuance lock outlives a holder that died.
+    pub lock_lease: Duration,
+    pub timeout: Duration,
+}
+
+impl fmt::Debug for SharedStoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedStoreConfig")
+            .field("encrypted", &self.encryption_key.is_some())
+            .field("migrate_on_start", &self.migrate_on_start)
+            .field("lock_lease", &self.lock_lease)
+            .finish_non_exhaustive()
+    }
 }
 
 /// When certificates are renewed (`renewal:`).
@@ -334,6 +360,22 @@ mod raw {
         pub renewal: Renewal,
         #[serde(default)]
         pub provisioning: Provisioning,
+        #[serde(default)]
+        pub store: Store,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Store {
+        pub shared: Option<Shared>,
+    }
+
+    #[derive(Deserialize, Default)]
+    pub struct Shared {
+        pub url: Leaf,
+        pub encryption_key_env: Leaf,
+        pub migrate_on_start: Leaf,
+        pub lock_lease: Leaf,
+        pub timeout: Leaf,
     }
 
     #[derive(Deserialize, Default)]
@@ -1135,6 +1177,10 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
             None
         }
     };
+    let shared_store = match &raw.store.shared {
+        None => Some(None),
+        Some(sh) => build_shared(sh, errs).map(Some),
+    };
     let orders_per_3h = raw
         .provisioning
         .orders_per_3h
@@ -1182,10 +1228,72 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
             fraction: fraction?,
             check_interval: check_interval?,
         },
+        shared_store: shared_store?,
         provisioning: ProvisioningConfig {
             enabled: provisioning_enabled?,
             orders_per_3h: orders_per_3h?,
         },
+    })
+}
+
+fn build_shared(sh: &raw::Shared, errs: &mut Errors<'_>) -> Option<SharedStoreConfig> {
+    let url = match &sh.url {
+        Some(v) => errs.url("store.shared.url", v, &["postgres", "postgresql"]),
+        None => {
+            errs.push(
+                "store.shared.url",
+                None,
+                "is required, for example ${DATABASE_URL}",
+            );
+            None
+        }
+    };
+    let encryption_key = match &sh.encryption_key_env {
+        None => Some(None),
+        Some(v) => errs.string("store.shared.encryption_key_env", v).and_then(|var| {
+            match (errs.env)(&var) {
+                None => {
+                    errs.push("store.shared.encryption_key_env", Some(v), format!("environment variable {var} is not set"));
+                    None
+                }
+                Some(value) => match base64url_decode(&value) {
+                    Some(bytes) if bytes.len() == 32 => {
+                        let mut key = [0u8; 32];
+                        key.copy_from_slice(&bytes);
+                        Some(Some(key))
+                    }
+                    _ => {
+                        errs.push(
+                            "store.shared.encryption_key_env",
+                            Some(v),
+                            format!("{var} must hold 32 bytes in base64 (generate one with `openssl rand -base64 32`)"),
+                        );
+                        None
+                    }
+                },
+            }
+        }),
+    };
+    let migrate_on_start = match &sh.migrate_on_start {
+        None => Some(true),
+        Some(Value::Bool(b)) => Some(*b),
+        Some(v) => {
+            errs.push(
+                "store.shared.migrate_on_start",
+                Some(v),
+                "expected true or false",
+            );
+            None
+        }
+    };
+    let lock_lease = opt_duration(errs, "store.shared.lock_lease", &sh.lock_lease, secs(120));
+    let timeout = opt_duration(errs, "store.shared.timeout", &sh.timeout, secs(5));
+    Some(SharedStoreConfig {
+        url: url?,
+        encryption_key: encryption_key?,
+        migrate_on_start: migrate_on_start?,
+        lock_lease: lock_lease?,
+        timeout: timeout?,
     })
 }
 

@@ -8,6 +8,15 @@ use common::pg::{with_address, TcpProxy, TestDb};
 use common::*;
 use std::time::{Duration, Instant};
 
+/// ACME through `pebble`, with pre-provisioning off: these tests exercise the on-demand path
+/// (tests/lifecycle.rs covers pre-provisioning).
+fn acme(pebble: &Pebble, challenges: &[&str]) -> String {
+    format!(
+        "{}provisioning:\n  enabled: false\n",
+        pebble.issuer_yaml(challenges)
+    )
+}
+
 fn pem(x: &openssl::x509::X509) -> Vec<u8> {
     x.to_pem().unwrap()
 }
@@ -35,7 +44,7 @@ async fn company_domain_gets_a_certificate(challenge: &str) {
     let config = setup.config_with(
         &[up],
         &db_allow(&db.url, "1m", "1h"),
-        &pebble.issuer_yaml(&[challenge]),
+        &acme(&pebble, &[challenge]),
     );
     let _edge = setup.start(&config);
     let root = pem(&pebble.issuing_root());
@@ -88,7 +97,7 @@ async fn inactive_unknown_and_garbage_names_place_no_order() {
     let config = setup.config_with(
         &[up],
         &db_allow(&db.url, "1m", "1h"),
-        &pebble.issuer_yaml(&["http-01"]),
+        &acme(&pebble, &["http-01"]),
     );
     let _edge = setup.start(&config);
     for sni in [
@@ -137,7 +146,7 @@ async fn tenant_changes_apply_after_the_ttls() {
     let config = setup.config_with(
         &[up],
         &db_allow(&db.url, "1s", "2s"),
-        &pebble.issuer_yaml(&["tls-alpn-01"]),
+        &acme(&pebble, &["tls-alpn-01"]),
     );
     let _edge = setup.start(&config);
     let root = pem(&pebble.issuing_root());
@@ -194,7 +203,7 @@ async fn a_database_outage_keeps_known_names_and_refuses_new_ones() {
     let config = setup.config_with(
         &[up],
         &db_allow(&url, "1s", "1s"),
-        &pebble.issuer_yaml(&["http-01"]),
+        &acme(&pebble, &["http-01"]),
     );
     let mut edge = setup.start(&config);
     let root = pem(&pebble.issuing_root());
@@ -293,7 +302,7 @@ async fn ask_url_mode() {
     let (_up, up) = upstream(setup.dir.path(), "app");
     let pebble = Pebble::start(setup.dir.path(), setup.http.port(), setup.https.port());
     let allow = format!("  ask:\n    url: http://{ask}/internal/allow_domain\n    timeout: 1s\n");
-    let edge = setup.start(&setup.config_with(&[up], &allow, &pebble.issuer_yaml(&["http-01"])));
+    let edge = setup.start(&setup.config_with(&[up], &allow, &acme(&pebble, &["http-01"])));
     let root = pem(&pebble.issuing_root());
     let client = setup.client_trusting(&root, &["yes.tenant.test"], |b| b);
     assert_eq!(
@@ -349,7 +358,7 @@ async fn a_flood_of_random_names_costs_one_query_each_and_no_order() {
     // The per-client gate would stop this flood after 20 names; raise it to reach the database.
     let extra = format!(
         "{}limits:\n  clients:\n    new_names_burst: 100000\n",
-        pebble.issuer_yaml(&["http-01"])
+        acme(&pebble, &["http-01"])
     );
     let edge = setup.start(&setup.config_with(&[up], &db_allow(&db.url, "10m", "1h"), &extra));
     let before = rss_kib(edge.child.id());

@@ -256,7 +256,7 @@ pub fn http_raw(addr: SocketAddr, path: &str, host: &str) -> String {
     out
 }
 
-/// The value of the first sample of `name` whose labels include every `labels` pair (0 if none).
+/// The sum of the samples of `name` whose labels include every `labels` pair (0 if none).
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
@@ -271,8 +271,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
-        .next()
-        .unwrap_or(0.0)
+        .sum()
 }
 
 /// Outcome of a raw TLS handshake with an arbitrary SNI (or none).
