@@ -111,6 +111,12 @@ pub struct Edge {
 
 /// Build the certificate side (allow-list, store, issuer, manager) without any listener.
 pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
+    if config.shared_store.is_some() {
+        return Err(BuildError::Source {
+            key: "store.shared",
+            message: "not supported by this version yet (several hosts, issue #5); remove it to run one host".into(),
+        });
+    }
     create_private_dir(&config.data_dir).map_err(|e| BuildError::DataDir {
         path: config.data_dir.display().to_string(),
         message: e.to_string(),
