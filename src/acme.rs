@@ -29,6 +29,7 @@ use crate::config::{AcmeConfig, ChallengeType, KeyType};
 use crate::domain::Domain;
 use crate::issuer::{IssueError, Issued, Issuer};
 use crate::metrics::Metrics;
+use crate::shared::SharedStore;
 use crate::store::{create_private_dir, write_atomic};
 
 pub struct AcmeIssuer {
@@ -36,6 +37,8 @@ pub struct AcmeIssuer {
     key_type: KeyType,
     account_file: PathBuf,
     account: OnceCell<Account>,
+    /// The store shared by several hosts (one ACME account for all of them).
+    shared: Option<Arc<SharedStore>>,
     challenges: Arc<Challenges>,
     metrics: Arc<Metrics>,
 }
@@ -88,6 +91,7 @@ impl AcmeIssuer {
         key_type: KeyType,
         data_dir: &Path,
         challenges: Arc<Challenges>,
+        shared: Option<Arc<SharedStore>>,
         metrics: Arc<Metrics>,
     ) -> AcmeIssuer {
         let account_file = account_dir(data_dir, &config.directory).join("account.json");
@@ -96,6 +100,7 @@ impl AcmeIssuer {
             key_type,
             account_file,
             account: OnceCell::new(),
+            shared,
             challenges,
             metrics,
         }
@@ -118,6 +123,28 @@ impl AcmeIssuer {
     }
 
     async fn load_or_create_account(&self) -> Result<Account, IssueError> {
+        // Several hosts use one account: the shared copy wins over this host's file.
+        if let Some(shared) = &self.shared {
+            match shared.load_account(&self.config.directory).await {
+                Ok(Some(bytes)) => {
+                    if let Some(dir) = self.account_file.parent() {
+                        let _ = create_private_dir(dir);
+                    }
+                    if let Err(e) = write_atomic(&self.account_file, &bytes, 0o600) {
+                        log::warn!("could not keep a local copy of the shared ACME account: {e}");
+                    }
+                }
+                Ok(None) => {
+                    // A host that ran alone before brings its account along.
+                    if let Ok(local) = std::fs::read(&self.account_file) {
+                        if let Err(e) = shared.insert_account(&self.config.directory, &local).await {
+                            log::warn!("could not share the ACME account: {e}");
+                        }
+                    }
+                }
+                Err(e) => log::warn!("the shared store has no answer about the ACME account ({e}); using this host's"),
+            }
+        }
         if let Ok(bytes) = std::fs::read(&self.account_file) {
             let credentials: AccountCredentials = serde_json::from_slice(&bytes).map_err(|e| {
                 IssueError::Refused(format!(
@@ -150,8 +177,32 @@ impl AcmeIssuer {
             )
             .await
             .map_err(|e| classify(&self.config.directory, e))?;
-        let json = serde_json::to_vec_pretty(&credentials)
+        let mut json = serde_json::to_vec_pretty(&credentials)
             .map_err(|e| IssueError::Refused(format!("cannot serialize the account: {e}")))?;
+        let mut account = account;
+        if let Some(shared) = &self.shared {
+            // Two hosts may create accounts at once: the first stored wins, the other is unused.
+            match shared.insert_account(&self.config.directory, &json).await {
+                Ok(winner) if winner != json => {
+                    let credentials: AccountCredentials =
+                        serde_json::from_slice(&winner).map_err(|e| {
+                            IssueError::Refused(format!(
+                                "the shared ACME account is not valid: {e}"
+                            ))
+                        })?;
+                    account = self
+                        .builder()?
+                        .from_credentials(credentials)
+                        .await
+                        .map_err(|e| {
+                            IssueError::Unreachable(format!("{}: {e}", self.config.directory))
+                        })?;
+                    json = winner;
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("could not share the new ACME account: {e}"),
+            }
+        }
         if let Some(dir) = self.account_file.parent() {
             create_private_dir(dir).map_err(|e| IssueError::Refused(e.to_string()))?;
         }
@@ -234,12 +285,20 @@ impl AcmeIssuer {
             })?;
             let key_authorization = challenge.key_authorization();
             let guard = match kind {
-                ChallengeType::Http01 => self
-                    .challenges
-                    .publish_http01(&challenge.token, key_authorization.as_str().to_string()),
+                ChallengeType::Http01 => {
+                    self.challenges
+                        .publish_http01_everywhere(
+                            &challenge.token,
+                            key_authorization.as_str().to_string(),
+                        )
+                        .await
+                }
                 ChallengeType::TlsAlpn01 => {
-                    let cert = tls_alpn01_certificate(name, key_authorization.digest().as_ref())?;
-                    self.challenges.publish_tls_alpn01(name, cert)
+                    let bundle = tls_alpn01_bundle(name, key_authorization.digest().as_ref())?;
+                    self.challenges
+                        .publish_tls_alpn01_everywhere(name, &bundle)
+                        .await
+                        .map_err(|e| IssueError::Sign(e.to_string()))?
                 }
             };
             guards.push(guard);
@@ -328,6 +387,12 @@ fn key_and_csr(name: &Domain, key_type: KeyType) -> Result<(KeyPair, Vec<u8>), I
 /// The RFC 8737 §3 challenge certificate: self-signed, SAN = `name`, critical `acmeIdentifier`
 /// extension holding SHA-256(key authorization).
 pub fn tls_alpn01_certificate(name: &Domain, digest: &[u8]) -> Result<CertifiedKey, IssueError> {
+    let bundle = tls_alpn01_bundle(name, digest)?;
+    CertifiedKey::from_bundle(&bundle, Some(name)).map_err(|e| IssueError::Sign(e.to_string()))
+}
+
+/// `tls_alpn01_certificate` as a PEM bundle (key + certificate), as shared between hosts.
+pub fn tls_alpn01_bundle(name: &Domain, digest: &[u8]) -> Result<Vec<u8>, IssueError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| IssueError::Key(e.to_string()))?;
     let mut params = CertificateParams::new(vec![name.to_string()])
@@ -337,9 +402,7 @@ pub fn tls_alpn01_certificate(name: &Domain, digest: &[u8]) -> Result<CertifiedK
     let cert = params
         .self_signed(&key)
         .map_err(|e| IssueError::Sign(e.to_string()))?;
-    let bundle = format!("{}{}", key.serialize_pem(), cert.pem());
-    CertifiedKey::from_bundle(bundle.as_bytes(), Some(name))
-        .map_err(|e| IssueError::Sign(e.to_string()))
+    Ok(format!("{}{}", key.serialize_pem(), cert.pem()).into_bytes())
 }
 
 #[async_trait]

@@ -35,6 +35,7 @@ pub mod notify;
 pub mod plain_http;
 pub mod proxy;
 pub mod server;
+pub mod shared;
 pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -63,6 +63,11 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Create or upgrade the shared PostgreSQL tables (`store.shared`, several hosts).
+    Migrate {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,7 +123,37 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Migrate { config } => match migrate(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tenant-edge: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+fn migrate(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let Some(store) = tenant_edge::server::shared_store(&config)? else {
+        anyhow::bail!(
+            "{}: store.shared is not configured; one host needs no migration",
+            path.display()
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let applied = runtime.block_on(store.migrate())?;
+    if applied.is_empty() {
+        println!("the shared store at {} is up to date", store.target());
+    } else {
+        println!(
+            "applied migration(s) {applied:?} to the shared store at {}",
+            store.target()
+        );
+    }
+    Ok(())
 }
 
 fn run(path: &std::path::Path, opts: RunOptions) -> anyhow::Result<std::convert::Infallible> {

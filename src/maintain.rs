@@ -25,12 +25,13 @@ use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
 use crate::certificate::{unix_now, CertifiedKey};
-use crate::config::{DatabaseConfig, ProvisioningConfig, RenewalConfig};
+use crate::config::{DatabaseConfig, ProvisioningConfig, RenewalConfig, SharedStoreConfig};
 use crate::database::PgAllowList;
 use crate::domain::Domain;
 use crate::limits::TokenBucket;
 use crate::manager::{CertManager, RenewOutcome};
 use crate::metrics::Metrics;
+use crate::shared::{SharedStore, CERTS_CHANNEL};
 
 /// How long a background issuance may take before the loop moves on (it keeps running).
 const PROVISION_WAIT: Duration = Duration::from_secs(120);
@@ -40,6 +41,9 @@ const ARI_REFRESH: i64 = 6 * 3600;
 pub struct Maintenance {
     manager: Arc<CertManager>,
     database: Option<(Arc<PgAllowList>, DatabaseConfig)>,
+    /// With several hosts: the shared store (migrated at start when allowed) and its URL, for
+    /// LISTENing to certificates issued or renewed by the other hosts.
+    shared: Option<(Arc<SharedStore>, SharedStoreConfig)>,
     renewal: RenewalConfig,
     provisioning: ProvisioningConfig,
     metrics: Arc<Metrics>,
@@ -61,6 +65,7 @@ impl Maintenance {
     pub fn new(
         manager: Arc<CertManager>,
         database: Option<(Arc<PgAllowList>, DatabaseConfig)>,
+        shared: Option<(Arc<SharedStore>, SharedStoreConfig)>,
         renewal: RenewalConfig,
         provisioning: ProvisioningConfig,
         metrics: Arc<Metrics>,
@@ -68,6 +73,7 @@ impl Maintenance {
         Maintenance {
             manager,
             database,
+            shared,
             renewal,
             provisioning,
             metrics,
@@ -258,6 +264,24 @@ impl BackgroundService for Maintenance {
             )))
         });
         drop(tx);
+        let (issued_tx, mut issued) = mpsc::channel::<Domain>(4096);
+        let _issued_listener = self.shared.as_ref().map(|(store, config)| {
+            let store = store.clone();
+            let config = config.clone();
+            let metrics = self.metrics.clone();
+            AbortOnDrop(tokio::spawn(async move {
+                if config.migrate_on_start {
+                    migrate_with_retry(&store).await;
+                }
+                crate::notify::listen(
+                    config.url.clone(),
+                    CERTS_CHANNEL.to_string(),
+                    issued_tx,
+                    metrics,
+                )
+                .await;
+            }))
+        });
         let mut state = State {
             ari: HashMap::new(),
             retry_at: HashMap::new(),
@@ -303,7 +327,33 @@ impl BackgroundService for Maintenance {
                         }
                     }
                 }
+                Some(name) = issued.recv() => {
+                    // Another host issued or renewed `name`: drop our copy, the next handshake
+                    // loads the new one from the shared store.
+                    self.manager.evict(&name);
+                    log::info!("{name}: a certificate was issued on another host; reloading");
+                }
                 _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+}
+
+/// Apply the shared store's migrations, retrying while the database is unreachable (a host
+/// must start, and serve from disk, even when the database is down).
+async fn migrate_with_retry(store: &SharedStore) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match store.migrate().await {
+            Ok(applied) if applied.is_empty() => return,
+            Ok(applied) => {
+                log::info!("shared store migrated to version(s) {applied:?}");
+                return;
+            }
+            Err(e) => {
+                log::warn!("shared store migration failed ({e}); retrying in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
             }
         }
     }

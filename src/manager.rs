@@ -87,10 +87,29 @@ pub enum RenewOutcome {
     NotAllowed,
 }
 
+/// Cross-host coordination when several hosts share a store (`store.shared`).
+pub struct SharedLock {
+    pub store: Arc<crate::shared::SharedStore>,
+    /// This process, as written in the lock table (`host/pid/random`).
+    pub holder: String,
+    /// How long a lock outlives a holder that died.
+    pub lease: Duration,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct ManagerSettings {
     pub default_name: Option<Domain>,
     pub issue_timeout: Duration,
     pub cache_capacity: u64,
+    /// `Some` when several hosts share a store.
+    pub shared: Option<SharedLock>,
 }
 
 pub struct CertManager {
@@ -101,6 +120,7 @@ pub struct CertManager {
     /// Fill tasks in progress, by name. Entries are removed by the task that owns them.
     fills: Mutex<HashMap<Domain, watch::Receiver<Option<Outcome>>>>,
     settings: ManagerSettings,
+    shared: Option<SharedLock>,
     /// Abuse limits on new orders (never on serving or loading stored certificates).
     limits: Limits,
     /// What the issuer last answered for a name whose order failed (for later log lines).
@@ -113,10 +133,11 @@ impl CertManager {
         allow: Arc<AllowList>,
         store: Arc<dyn Store>,
         issuer: Arc<dyn Issuer>,
-        settings: ManagerSettings,
+        mut settings: ManagerSettings,
         limits: Limits,
         metrics: Arc<Metrics>,
     ) -> Arc<CertManager> {
+        let shared = settings.shared.take();
         let cache = moka::sync::Cache::builder()
             .max_capacity(settings.cache_capacity)
             .build();
@@ -127,6 +148,7 @@ impl CertManager {
             cache,
             fills: Mutex::new(HashMap::new()),
             settings,
+            shared,
             limits,
             last_errors: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -187,7 +209,7 @@ impl CertManager {
                 return RenewOutcome::NotAllowed;
             }
         }
-        match self.issue(name, Some(old)).await {
+        match self.obtain(name, Some(old)).await {
             Ok((ck, _)) => {
                 self.cache.insert(name.clone(), ck);
                 self.metrics.renewals.with_label_values(&["renewed"]).inc();
@@ -233,6 +255,12 @@ impl CertManager {
     /// The issuer's renewal window for `ck` (ACME Renewal Information), if it offers one.
     pub async fn renewal_window(&self, ck: &CertifiedKey) -> Option<(i64, i64)> {
         self.issuer.renewal_window(ck).await
+    }
+
+    /// Forget the in-memory certificate for `name` (another host renewed it; the next
+    /// handshake loads the new one from the store).
+    pub fn evict(&self, name: &Domain) {
+        self.cache.invalidate(name);
     }
 
     pub fn allow_list(&self) -> &Arc<AllowList> {
@@ -295,13 +323,30 @@ impl CertManager {
 
     /// Double-check the store, then issue. Runs in the fill task.
     async fn load_or_issue(&self, name: &Domain) -> Outcome {
+        if let Some(ck) = self.load_usable(name, None).await? {
+            return Ok((ck, CertSource::Disk));
+        }
+        self.obtain(name, None).await
+    }
+
+    /// The stored certificate for `name` if it is valid now (and, with `newer_than`, expires
+    /// later than that one). Corrupt bundles are counted and treated as absent.
+    async fn load_usable(
+        &self,
+        name: &Domain,
+        newer_than: Option<&Arc<CertifiedKey>>,
+    ) -> Result<Option<Arc<CertifiedKey>>, Refusal> {
         match self.store.load(name).await {
             Ok(Some(stored)) => match CertifiedKey::from_bundle(&stored.bundle, Some(name)) {
                 Ok(ck) if ck.is_valid_at(unix_now()) => {
-                    return Ok((Arc::new(ck), CertSource::Disk))
+                    if newer_than.is_some_and(|old| ck.not_after <= old.not_after) {
+                        return Ok(None);
+                    }
+                    Ok(Some(Arc::new(ck)))
                 }
                 Ok(_) => {
-                    log::info!("{name}: the stored certificate has expired; issuing a new one")
+                    log::info!("{name}: the stored certificate has expired; issuing a new one");
+                    Ok(None)
                 }
                 Err(e) => {
                     self.metrics
@@ -309,16 +354,91 @@ impl CertManager {
                         .with_label_values(&[e.kind()])
                         .inc();
                     log::warn!("{name}: ignoring the stored certificate ({e}); issuing a new one");
+                    Ok(None)
                 }
             },
-            Ok(None) => {}
+            Ok(None) => Ok(None),
             Err(e) => {
                 // The store is unreadable (permissions, I/O): issuing would only fail to save.
                 log::error!("{name}: {e}");
-                return Err(Refusal::Store(e.to_string()));
+                Err(Refusal::Store(e.to_string()))
             }
         }
-        self.issue(name, None).await
+    }
+
+    /// Issue (or renew `old`), under the cross-host issuance lock when hosts share a store:
+    /// take the lock, look in the store again (another host may have just finished), order,
+    /// release. While another host holds the lock, wait for its certificate instead.
+    async fn obtain(&self, name: &Domain, old: Option<&Arc<CertifiedKey>>) -> Outcome {
+        let Some(shared) = &self.shared else {
+            return self.issue(name, old).await;
+        };
+        let give_up = Instant::now() + shared.lease * 3;
+        loop {
+            match shared
+                .store
+                .try_lock(name, &shared.holder, shared.lease)
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(ck) = self.load_usable(name, old).await? {
+                        return Ok((ck, CertSource::Disk));
+                    }
+                    if Instant::now() > give_up {
+                        return Err(Refusal::Store(format!(
+                            "another host has held the issuance lock for {name} too long"
+                        )));
+                    }
+                }
+                Err(e) => {
+                    // Availability first: with the database down there is nobody to coordinate
+                    // with; the limits still bound what this host orders.
+                    log::warn!(
+                        "{name}: the issuance lock is unavailable ({e}); ordering without it"
+                    );
+                    return self.issue(name, old).await;
+                }
+            }
+        }
+        let keepalive = {
+            let (store, holder, lease, name) = (
+                shared.store.clone(),
+                shared.holder.clone(),
+                shared.lease,
+                name.clone(),
+            );
+            AbortOnDrop(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    if !matches!(store.extend_lock(&name, &holder, lease).await, Ok(true)) {
+                        log::warn!("{name}: lost the issuance lock while ordering");
+                        return;
+                    }
+                }
+            }))
+        };
+        let result = match self.load_usable(name, old).await {
+            Ok(Some(ck)) => Ok((ck, CertSource::Disk)),
+            Ok(None) => {
+                let issued = self.issue(name, old).await;
+                if issued.is_ok() {
+                    if let Err(e) = shared.store.notify_issued(name).await {
+                        log::warn!("{name}: could not notify the other hosts: {e}");
+                    }
+                }
+                issued
+            }
+            Err(e) => Err(e),
+        };
+        drop(keepalive);
+        if let Err(e) = shared.store.unlock(name, &shared.holder).await {
+            log::warn!(
+                "{name}: could not release the issuance lock ({e}); it expires with its lease"
+            );
+        }
+        result
     }
 
     /// Place a new order (or, with `old`, a renewal replacing it) within the limits; save and

@@ -48,12 +48,12 @@ impl PlainHttp {
     }
 
     /// The response for a request, separated from the session for unit tests.
-    pub fn answer(&self, host: Option<&str>, path_and_query: &str) -> Response<Vec<u8>> {
+    pub async fn answer(&self, host: Option<&str>, path_and_query: &str) -> Response<Vec<u8>> {
         if let Some(token) = path_and_query.strip_prefix(CHALLENGE_PREFIX) {
             if !is_valid_token(token) {
                 return self.text("bad_token", StatusCode::BAD_REQUEST, "invalid ACME token\n");
             }
-            return match self.challenges.http01(token) {
+            return match self.challenges.find_http01(token).await {
                 Some(key_authorization) => {
                     self.text("challenge_hit", StatusCode::OK, &key_authorization)
                 }
@@ -100,7 +100,7 @@ impl ServeHttp for PlainHttp {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        self.answer(host.as_deref(), &path)
+        self.answer(host.as_deref(), &path).await
     }
 }
 
@@ -150,9 +150,12 @@ mod tests {
         (app, guard)
     }
 
-    #[test]
-    fn redirects_keep_host_path_and_query() {
-        let r = app().0.answer(Some("Shop.Example.com:8880"), "/a/b?c=d&e");
+    #[tokio::test]
+    async fn redirects_keep_host_path_and_query() {
+        let r = app()
+            .0
+            .answer(Some("Shop.Example.com:8880"), "/a/b?c=d&e")
+            .await;
         assert_eq!(r.status(), 308);
         assert_eq!(
             r.headers()["location"],
@@ -160,31 +163,35 @@ mod tests {
         );
         let on_443 = PlainHttp::new(Arc::default(), 443, Arc::new(Metrics::new().unwrap()));
         assert_eq!(
-            on_443.answer(Some("a.example"), "/").headers()["location"],
+            on_443.answer(Some("a.example"), "/").await.headers()["location"],
             "https://a.example/"
         );
     }
 
-    #[test]
-    fn bad_hosts_are_not_redirected() {
+    #[tokio::test]
+    async fn bad_hosts_are_not_redirected() {
         for host in [None, Some("evil.example/x"), Some("1.2.3.4"), Some("")] {
-            assert_eq!(app().0.answer(host, "/").status(), 400, "{host:?}");
+            assert_eq!(app().0.answer(host, "/").await.status(), 400, "{host:?}");
         }
     }
 
-    #[test]
-    fn challenges_are_validated_then_looked_up() {
+    #[tokio::test]
+    async fn challenges_are_validated_then_looked_up() {
         let (a, _guard) = app();
-        let hit = a.answer(
-            Some("x.example"),
-            "/.well-known/acme-challenge/abcdefghijklmnopqrstuvwxyz012345_-ABCDEFGHI",
-        );
+        let hit = a
+            .answer(
+                Some("x.example"),
+                "/.well-known/acme-challenge/abcdefghijklmnopqrstuvwxyz012345_-ABCDEFGHI",
+            )
+            .await;
         assert_eq!(hit.status(), 200);
         assert_eq!(hit.body(), b"token.thumbprint");
-        let miss = a.answer(
-            Some("x.example"),
-            "/.well-known/acme-challenge/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
-        );
+        let miss = a
+            .answer(
+                Some("x.example"),
+                "/.well-known/acme-challenge/zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
+            )
+            .await;
         assert_eq!(miss.status(), 404);
         for bad in [
             "../../etc/passwd",
@@ -192,10 +199,12 @@ mod tests {
             "a%2Fbcdefghijklmnopqrstuvwxyz",
             "abcdefghijklmnop=qrstuv",
         ] {
-            let r = a.answer(
-                Some("x.example"),
-                &format!("/.well-known/acme-challenge/{bad}"),
-            );
+            let r = a
+                .answer(
+                    Some("x.example"),
+                    &format!("/.well-known/acme-challenge/{bad}"),
+                )
+                .await;
             assert_eq!(r.status(), 400, "{bad}");
         }
     }

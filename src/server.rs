@@ -23,11 +23,12 @@ use crate::decision::{AllowList, DecisionSettings, DecisionSource};
 use crate::issuer::{InternalCa, Issuer};
 use crate::limits::Limits;
 use crate::maintain::Maintenance;
-use crate::manager::{CertManager, ManagerSettings};
+use crate::manager::{CertManager, ManagerSettings, SharedLock};
 use crate::metrics::Metrics;
 use crate::plain_http::{MetricsApp, PlainHttp};
 use crate::proxy::EdgeProxy;
-use crate::store::{create_private_dir, DiskStore};
+use crate::shared::SharedStore;
+use crate::store::{create_private_dir, DiskStore, LayeredStore, Store};
 use crate::tls::tls_settings;
 use crate::upstream::Upstreams;
 use pingora::prelude::background_service;
@@ -103,6 +104,7 @@ pub fn allow_list_with(
 pub struct Edge {
     pub allow: Arc<AllowList>,
     pub database: Option<Arc<PgAllowList>>,
+    pub shared: Option<Arc<SharedStore>>,
     pub manager: Arc<CertManager>,
     pub metrics: Arc<Metrics>,
     pub challenges: Arc<Challenges>,
@@ -111,26 +113,24 @@ pub struct Edge {
 
 /// Build the certificate side (allow-list, store, issuer, manager) without any listener.
 pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
-    if config.shared_store.is_some() {
-        return Err(BuildError::Source {
-            key: "store.shared",
-            message: "not supported by this version yet (several hosts, issue #5); remove it to run one host".into(),
-        });
-    }
-    create_private_dir(&config.data_dir).map_err(|e| BuildError::DataDir {
+    let data_dir_error = |e: crate::store::StoreError| BuildError::DataDir {
         path: config.data_dir.display().to_string(),
         message: e.to_string(),
-    })?;
+    };
+    create_private_dir(&config.data_dir).map_err(data_dir_error)?;
     let metrics = Arc::new(Metrics::new()?);
-    let challenges = Arc::new(Challenges::default());
+    let shared = shared_store(config)?;
+    let challenges = Arc::new(match &shared {
+        Some(shared) => Challenges::with_shared(shared.clone()),
+        None => Challenges::default(),
+    });
     let database = database(config, &metrics)?;
     let allow = Arc::new(allow_list_with(config, &metrics, database.clone())?);
-    let store = Arc::new(
-        DiskStore::open(&config.data_dir).map_err(|e| BuildError::DataDir {
-            path: config.data_dir.display().to_string(),
-            message: e.to_string(),
-        })?,
-    );
+    let disk = DiskStore::open(&config.data_dir).map_err(data_dir_error)?;
+    let store: Arc<dyn Store> = match &shared {
+        Some(shared) => Arc::new(LayeredStore::new(disk, shared.clone())),
+        None => Arc::new(disk),
+    };
     let (issuer, internal_ca): (Arc<dyn Issuer>, _) = match &config.issuer {
         IssuerConfig::Internal(internal) => {
             let ca = InternalCa::load_or_create(
@@ -146,17 +146,22 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
                 config.tls.key_type,
                 &config.data_dir,
                 challenges.clone(),
+                shared.clone(),
                 metrics.clone(),
             );
             (Arc::new(issuer), None)
         }
     };
-    let limits = Limits::load(&config.data_dir, config.limits.issuance.clone()).map_err(|e| {
-        BuildError::DataDir {
-            path: config.data_dir.display().to_string(),
-            message: e.to_string(),
-        }
-    })?;
+    let limits =
+        Limits::load(&config.data_dir, config.limits.issuance.clone()).map_err(data_dir_error)?;
+    let lock = shared
+        .clone()
+        .zip(config.shared_store.as_ref())
+        .map(|(store, sh)| SharedLock {
+            store,
+            holder: crate::shared::holder_id(),
+            lease: sh.lock_lease,
+        });
     let manager = CertManager::new(
         allow.clone(),
         store,
@@ -165,6 +170,7 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
             default_name: config.tls.default_name.clone(),
             issue_timeout: config.tls.issue_timeout,
             cache_capacity: config.tls.cache_capacity,
+            shared: lock,
         },
         limits,
         metrics.clone(),
@@ -172,11 +178,26 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
     Ok(Edge {
         allow,
         database,
+        shared,
         manager,
         metrics,
         challenges,
         internal_ca,
     })
+}
+
+/// The shared PostgreSQL store, when several hosts share one (`store.shared`). Connects lazily.
+pub fn shared_store(config: &Config) -> Result<Option<Arc<SharedStore>>, BuildError> {
+    let Some(sh) = &config.shared_store else {
+        return Ok(None);
+    };
+    let store = SharedStore::new(&sh.url, sh.encryption_key, sh.timeout).map_err(|e| {
+        BuildError::Source {
+            key: "store.shared",
+            message: e.to_string(),
+        }
+    })?;
+    Ok(Some(Arc::new(store)))
 }
 
 fn server_conf(config: &Config, opts: RunOptions) -> ServerConf {
@@ -212,6 +233,7 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
     let maintenance = Maintenance::new(
         edge.manager.clone(),
         edge.database.clone().zip(config.allow.database.clone()),
+        edge.shared.clone().zip(config.shared_store.clone()),
         config.renewal.clone(),
         config.provisioning.clone(),
         edge.metrics.clone(),

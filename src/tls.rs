@@ -185,7 +185,7 @@ impl TlsAccept for EdgeTls {
         if acme_validation {
             // A CA validating TLS-ALPN-01: only the challenge certificate, never a real one,
             // and never an issuance.
-            return match self.challenges.tls_alpn01(&name) {
+            return match self.challenges.find_tls_alpn01(&name).await {
                 Some(ck) => self.install(ssl, &name, &ck, "acme_challenge"),
                 None => self.refuse(Some(name.as_str()), &Refusal::NoChallenge(name.clone())),
             };

@@ -59,6 +59,7 @@ fn fixture_in(
             default_name: None,
             issue_timeout: timeout,
             cache_capacity: 1000,
+            shared: None,
         },
         crate::limits::Limits::in_memory(crate::limits::LimitSettings::default()),
         metrics.clone(),

@@ -16,6 +16,23 @@ use openssl::x509::X509;
 pub const EDGE: &str = env!("CARGO_BIN_EXE_tenant-edge");
 pub const UPSTREAM: &str = env!("CARGO_BIN_EXE_demo-upstream");
 
+/// A port free on every one of `ips` (bound on the first, checked on the others).
+pub fn free_port_on(ips: &[&str]) -> u16 {
+    for _ in 0..100 {
+        let port = TcpListener::bind(format!("{}:0", ips[0]))
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        if ips
+            .iter()
+            .all(|ip| TcpListener::bind(format!("{ip}:{port}")).is_ok())
+        {
+            return port;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -88,6 +105,20 @@ impl EdgeSetup {
             https: p(0),
             http: p(1),
             metrics: p(2),
+        }
+    }
+
+    /// An edge on `ip` with the given HTTPS and HTTP ports (several hosts on one machine share
+    /// the ports Pebble validates on, each on its own loopback address).
+    pub fn on(ip: &str, https: u16, http: u16) -> EdgeSetup {
+        let metrics = TcpListener::bind(format!("{ip}:0"))
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        EdgeSetup {
+            dir: tempfile::tempdir().unwrap(),
+            https: format!("{ip}:{https}").parse().unwrap(),
+            http: format!("{ip}:{http}").parse().unwrap(),
+            metrics,
         }
     }
 

@@ -19,6 +19,7 @@ pub struct Pebble {
     pub dns: SocketAddr,
     config: PathBuf,
     pebble: Option<Proc>,
+    va_sleep: Option<u32>,
     _dns: Proc,
     log: PathBuf,
 }
@@ -64,6 +65,20 @@ impl Pebble {
         tls_port: u16,
         validity: Option<u64>,
     ) -> Pebble {
+        Pebble::start_opts(dir, http_port, tls_port, validity, "127.0.0.1", None)
+    }
+
+    /// Full control: `resolve_to` is the address challtestsrv answers for every name (the host
+    /// the CA validates against); `va_sleep` makes Pebble wait up to that many seconds before
+    /// each validation (instead of `PEBBLE_VA_NOSLEEP`).
+    pub fn start_opts(
+        dir: &Path,
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<u64>,
+        resolve_to: &str,
+        va_sleep: Option<u32>,
+    ) -> Pebble {
         let dir = dir.join("pebble");
         std::fs::create_dir_all(&dir).unwrap();
         let (listener_root, cert, key) = listener_certs(&dir);
@@ -88,6 +103,8 @@ impl Pebble {
                 &format!("127.0.0.1:{dns_mgmt}"),
                 "-defaultIPv6",
                 "",
+                "-defaultIPv4",
+                resolve_to,
             ])
             .stdout(std::fs::File::create(&dns_log).unwrap())
             .stderr(Stdio::null())
@@ -122,6 +139,7 @@ impl Pebble {
             dns,
             config,
             pebble: None,
+            va_sleep,
             _dns: dns_proc,
             log: dir.join("pebble.log"),
         };
@@ -136,14 +154,18 @@ impl Pebble {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new("pebble")
+        let mut command = Command::new("pebble");
+        match self.va_sleep {
+            None => command.env("PEBBLE_VA_NOSLEEP", "1"),
+            Some(secs) => command.env("PEBBLE_VA_SLEEPTIME", secs.to_string()),
+        };
+        let child = command
             .args([
                 "-config",
                 self.config.to_str().unwrap(),
                 "-dnsserver",
                 &self.dns.to_string(),
             ])
-            .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")
             .stdout(log.try_clone().unwrap())
