@@ -206,6 +206,21 @@ async fn probe_services(config: &Config) -> Vec<Finding> {
             },
         });
     }
+    if config.shared_store.is_some() {
+        let subject = "store.shared";
+        out.push(match crate::server::shared_store(config) {
+            Err(e) => finding(Level::Error, subject, e.to_string()),
+            Ok(None) => finding(Level::Ok, subject, "not configured"),
+            Ok(Some(store)) => match crate::store::Store::list(store.as_ref()).await {
+                Ok(names) => finding(
+                    Level::Ok,
+                    subject,
+                    format!("reachable; {} certificate(s) shared", names.len()),
+                ),
+                Err(e) => finding(Level::Error, subject, e.to_string()),
+            },
+        });
+    }
     if let IssuerConfig::Acme(acme) = &config.issuer {
         out.push(probe_acme_directory(acme).await);
     }

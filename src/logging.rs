@@ -5,7 +5,8 @@
 //! traffic for an on-demand edge (scanners, random SNI floods), so those lines are passed at
 //! most 10 per second, with a count of what was dropped; every refusal is still counted in
 //! `tenant_edge_tls_handshakes_total`. All other lines, including Pingora's accept errors, pass
-//! unchanged. `RUST_LOG` works as usual (default: `info`).
+//! unchanged. `RUST_LOG` works as usual (default: `info`, with tokio-postgres' per-statement NOTICEs
+//! kept at `warn`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -96,8 +97,10 @@ impl log::Log for Filtered {
 
 /// Install the logger once, at the start of `main`.
 pub fn init() {
-    let inner =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let inner = env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,tokio_postgres=warn"),
+    )
+    .build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Filtered {
         inner,
