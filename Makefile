@@ -1,7 +1,7 @@
 # tenant-edge — the commands in README.md.
 CARGO ?= cargo
 
-.PHONY: run test build release lint fmt bench bench-load check-conf clean
+.PHONY: run test build release lint fmt bench bench-load bench-issuance check-conf clean
 
 ## make run: build, then start the edge on conf/dev.yaml with a demo upstream (Ctrl-C stops both)
 run: build
@@ -35,6 +35,10 @@ bench:
 ## make bench-load: whole-process load test against nginx and the bare upstream, same run
 bench-load: release
 	@scripts/bench-load.sh
+
+## make bench-issuance: time to first byte for never-seen names and certificates/s, vs Caddy, on Pebble
+bench-issuance: release
+	@scripts/bench-issuance.sh
 
 check-conf: build
 	@for f in conf/*.yaml; do ./target/debug/tenant-edge check --syntax-only -c $$f || exit 1; done
