@@ -58,6 +58,7 @@ struct State {
     queue: VecDeque<Domain>,
     queued: HashSet<Domain>,
     next_scan: Instant,
+    next_renewal_look: Instant,
     pacing: TokenBucket,
 }
 
@@ -288,17 +289,25 @@ impl BackgroundService for Maintenance {
             queue: VecDeque::new(),
             queued: HashSet::new(),
             next_scan: Instant::now(),
+            next_renewal_look: Instant::now(),
             pacing: TokenBucket::full(self.provisioning.orders_per_3h, Instant::now()),
         };
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            let mut sleep = self.renewal.check_interval;
-            if let Some(due) = self.renew_due(&mut state).await {
-                let secs = (due - unix_now()).max(1) as u64;
-                sleep = sleep.min(Duration::from_secs(secs));
+            // Renewals are looked at when their time comes, not on every notification (a look
+            // reads every stored certificate).
+            if Instant::now() >= state.next_renewal_look {
+                let mut wait = self.renewal.check_interval;
+                if let Some(due) = self.renew_due(&mut state).await {
+                    wait = wait.min(Duration::from_secs((due - unix_now()).max(1) as u64));
+                }
+                state.next_renewal_look = Instant::now() + wait;
             }
+            let mut sleep = state
+                .next_renewal_look
+                .saturating_duration_since(Instant::now());
             if self.provisioning.enabled {
                 if self.database.is_some() {
                     if Instant::now() >= state.next_scan {
