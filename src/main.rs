@@ -158,6 +158,9 @@ fn migrate(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn run(path: &std::path::Path, opts: RunOptions) -> anyhow::Result<std::convert::Infallible> {
     let config = Config::load(path)?;
+    if !opts.upgrade {
+        tenant_edge::server::ensure_listen_addresses_free(&config).context("cannot start")?;
+    }
     let (mut server, edge) = build_server(&config, opts).context("cannot start")?;
     server.bootstrap();
     let https: Vec<String> = config.listen.https.iter().map(|a| a.to_string()).collect();

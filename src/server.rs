@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use pingora::listeners::Listeners;
+use pingora::listeners::{Listeners, TcpSocketOptions};
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -218,6 +218,46 @@ fn server_conf(config: &Config, opts: RunOptions) -> ServerConf {
     }
 }
 
+/// IPv6 listeners take only IPv6, so that `0.0.0.0:443` and `[::]:443` can both be listed
+/// (a dual-stack `[::]` would collide with the IPv4 one).
+fn socket_options(addr: &std::net::SocketAddr) -> Option<TcpSocketOptions> {
+    addr.is_ipv6().then(|| {
+        let mut options = TcpSocketOptions::default();
+        options.ipv6_only = Some(true);
+        options
+    })
+}
+
+/// Every listen address can be bound right now. Pingora retries a taken address for a while and
+/// then runs on without that listener; the edge refuses to start instead (a port taken by
+/// kamal-proxy or Caddy is the seed story's classic). Not used for a graceful upgrade, where the
+/// old process hands its sockets over.
+pub fn ensure_listen_addresses_free(config: &Config) -> Result<(), BuildError> {
+    let all = config
+        .listen
+        .https
+        .iter()
+        .map(|a| ("listen.https", a))
+        .chain(config.listen.http.iter().map(|a| ("listen.http", a)))
+        .chain(config.listen.metrics.iter().map(|a| ("listen.metrics", a)));
+    for (key, addr) in all {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    " (another process holds it: kamal-proxy or Caddy? `tenant-edge check` and `ss -ltnp` say which)"
+                }
+                std::io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+                _ => "",
+            };
+            return Err(BuildError::Listener {
+                addr: format!("{key} {addr}"),
+                message: format!("{e}{hint}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The whole server, ready for `run_forever`.
 pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge), BuildError> {
     let edge = build_edge(config)?;
@@ -255,7 +295,7 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
         };
         let tls =
             tls_settings(edge.manager.clone(), edge.challenges.clone()).map_err(listener_error)?;
-        listeners.add_tls_with_settings(&addr.to_string(), None, tls);
+        listeners.add_tls_with_settings(&addr.to_string(), socket_options(addr), tls);
     }
     if let Some(gate) = &config.limits.clients {
         // Before TLS: one client cycling through never-seen names is cut off here, before
@@ -278,7 +318,10 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
         );
         let mut http = Service::new("tenant-edge http".to_string(), app);
         for addr in &config.listen.http {
-            http.add_tcp(&addr.to_string());
+            match socket_options(addr) {
+                Some(options) => http.add_tcp_with_settings(&addr.to_string(), options),
+                None => http.add_tcp(&addr.to_string()),
+            }
         }
         server.add_service(http);
     }

@@ -117,3 +117,45 @@ fn run_refuses_a_bad_file_with_every_error() {
         "{out}"
     );
 }
+
+#[test]
+fn run_refuses_to_start_when_a_listen_port_is_taken() {
+    let setup = EdgeSetup::new();
+    let _kamal_proxy = std::net::TcpListener::bind(setup.https).unwrap();
+    let config = setup.config(&[setup.http], "");
+    let started = std::time::Instant::now();
+    let (code, out) = tenant_edge(&["run", "-c", config.to_str().unwrap()]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.contains(&format!("listen.https {}", setup.https)),
+        "{out}"
+    );
+    assert!(out.contains("kamal-proxy"), "{out}");
+}
+
+#[test]
+fn ipv4_and_ipv6_wildcards_can_both_be_listed() {
+    let setup = EdgeSetup::new();
+    let (_up, up) = upstream(setup.dir.path(), "a");
+    let port = setup.https.port();
+    let config = setup.config(&[up], "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("https: {}", setup.https),
+        &format!("https: [\"127.0.0.1:{port}\", \"[::1]:{port}\"]"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let _edge = setup.start(&config);
+    for addr in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let h = handshake(
+            addr.parse().unwrap(),
+            Some("v6.tenant.test"),
+            Some(&setup.ca_root()),
+        );
+        assert!(h.ok, "{addr}: {}", h.error);
+    }
+}
