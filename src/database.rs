@@ -388,7 +388,7 @@ impl DecisionSource for PgAllowList {
 }
 
 /// `host:port, user U, database D` from a parsed config (the password is never shown).
-fn describe_target(config: &tokio_postgres::Config) -> String {
+pub(crate) fn describe_target(config: &tokio_postgres::Config) -> String {
     use tokio_postgres::config::Host;
     let ports = config.get_ports();
     let hosts: Vec<String> = config
@@ -417,7 +417,7 @@ fn describe_target(config: &tokio_postgres::Config) -> String {
 /// Errors that retrying will not fix: authentication (SQLSTATE class 28), a missing database
 /// (3D), a query that does not fit the schema or lacks privileges (42), bad data (22). Anything
 /// else (the server starting up or shutting down, too many connections, I/O) is an outage.
-fn is_config_error(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn is_config_error(e: &tokio_postgres::Error) -> bool {
     e.code()
         .and_then(|code| code.code().get(..2))
         .is_some_and(|class| matches!(class, "28" | "3D" | "42" | "22"))
@@ -425,7 +425,7 @@ fn is_config_error(e: &tokio_postgres::Error) -> bool {
 
 /// An error and its causes, `outer: inner: innermost` (tokio-postgres puts the useful part,
 /// such as the server's message, in the source chain).
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {

@@ -69,6 +69,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row};
 
+use crate::database::{chain, describe_target, is_config_error};
 use crate::domain::Domain;
 use crate::store::{CertMeta, Store, StoreError, StoredCert};
 
@@ -1075,33 +1076,6 @@ fn store_error(op: &'static str, name: Option<&Domain>, e: SharedError) -> Store
     }
 }
 
-/// `host:port (user U, database D)` from a parsed config (the password is never shown).
-fn describe_target(config: &tokio_postgres::Config) -> String {
-    use tokio_postgres::config::Host;
-    let ports = config.get_ports();
-    let hosts: Vec<String> = config
-        .get_hosts()
-        .iter()
-        .enumerate()
-        .map(|(i, host)| {
-            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            match host {
-                Host::Tcp(h) => format!("{h}:{port}"),
-                #[cfg(unix)]
-                Host::Unix(path) => format!("{}", path.display()),
-            }
-        })
-        .collect();
-    let hosts = if hosts.is_empty() {
-        "localhost:5432".to_string()
-    } else {
-        hosts.join(",")
-    };
-    let user = config.get_user().unwrap_or("(default user)");
-    let dbname = config.get_dbname().unwrap_or(user);
-    format!("{hosts} (user {user}, database {dbname})")
-}
-
 /// A URL that does not parse has no parsed password to redact: hide whatever sits between
 /// `user:` and `@` in case the parser quoted it.
 fn redact_url_secret(url: &str, message: String) -> String {
@@ -1116,29 +1090,6 @@ fn redact_url_secret(url: &str, message: String) -> String {
         Some(secret) => message.replace(secret, "***"),
         None => message,
     }
-}
-
-/// Errors that retrying will not fix: authentication (SQLSTATE class 28), a missing database
-/// (3D), a statement that does not fit the schema or lacks privileges (42), bad data (22).
-fn is_config_error(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .and_then(|code| code.code().get(..2))
-        .is_some_and(|class| matches!(class, "28" | "3D" | "42" | "22"))
-}
-
-/// An error and its causes, `outer: inner: innermost`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 #[cfg(test)]
