@@ -107,12 +107,8 @@ impl AcmeIssuer {
     }
 
     fn builder(&self) -> Result<instant_acme::AccountBuilder, IssueError> {
-        match &self.config.trusted_root {
-            Some(root) => Account::builder_with_root(root).map_err(|e| {
-                IssueError::Unreachable(format!("trusted_root {}: {e}", root.display()))
-            }),
-            None => Account::builder().map_err(|e| IssueError::Unreachable(e.to_string())),
-        }
+        let client = http_client(self.config.trusted_root.as_deref())?;
+        Ok(Account::builder_with_http(client))
     }
 
     /// The account, loaded from disk or created once (and then stored).
@@ -357,6 +353,51 @@ impl AcmeIssuer {
     }
 }
 
+/// The HTTPS client for the CA. instant-acme's default client leaves Nagle's algorithm on, and
+/// each JWS POST goes out as two writes (headers, then body): the body then waits for the
+/// server's delayed ACK, about 40 ms per request and 7 requests per order. With `TCP_NODELAY` a
+/// Pebble order takes ~20 ms instead of ~330 ms (measured with scripts/bench-issuance.sh).
+fn http_client(
+    trusted_root: Option<&Path>,
+) -> Result<Box<dyn instant_acme::HttpClient>, IssueError> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use rustls_pki_types::pem::PemObject;
+
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new();
+    let builder = match trusted_root {
+        Some(root) => {
+            let fail = |e: String| {
+                IssueError::Unreachable(format!("issuer.acme.trusted_root {}: {e}", root.display()))
+            };
+            let der = CertificateDer::from_pem_file(root).map_err(|e| fail(e.to_string()))?;
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(der).map_err(|e| fail(e.to_string()))?;
+            builder.with_tls_config(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        }
+        None => builder
+            .try_with_platform_verifier()
+            .map_err(|e| IssueError::Unreachable(format!("the system's root certificates: {e}")))?,
+    };
+    let https = builder
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let client: Client<_, instant_acme::BodyWrapper<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(https);
+    Ok(Box::new(client))
+}
+
 /// Turn an instant-acme error into "unreachable" (retry later) or "refused" (what the CA said).
 fn classify(directory: &str, e: instant_acme::Error) -> IssueError {
     match e {
@@ -449,7 +490,17 @@ impl AcmeIssuer {
         replaces: Option<CertificateIdentifier<'static>>,
     ) -> Result<Issued, IssueError> {
         let started = Instant::now();
-        let result = self.order(name, replaces).await;
+        // The whole order is bounded, not only its polling: one stuck request must not hold a
+        // concurrency slot (and the name's fill task) forever.
+        let result =
+            match tokio::time::timeout(self.config.order_timeout, self.order(name, replaces)).await
+            {
+                Ok(result) => result,
+                Err(_) => Err(IssueError::Unreachable(format!(
+                    "{}: the order did not complete within issuer.acme.order_timeout ({:?})",
+                    self.config.directory, self.config.order_timeout
+                ))),
+            };
         let (challenge, outcome) = match &result {
             Ok((_, used)) => (challenge_label(*used), "valid"),
             Err(IssueError::Refused(_)) => (challenge_label(self.config.challenges[0]), "invalid"),
