@@ -44,8 +44,11 @@ pub struct LimitSettings {
     /// One new order may start every `interval` on average (global token bucket refill).
     /// Default 2s, the seed's Caddy `interval 2s`. `Duration::ZERO` disables the rate limit.
     pub interval: Duration,
-    /// Orders that may start at once after a quiet period (bucket capacity). Default 5, the
-    /// seed's Caddy `burst 5`. At least 1.
+    /// Orders that may start at once after a quiet period (bucket capacity). Default 10: ten
+    /// tenants' first requests arriving together all get certificates (the seed's Caddy used 5
+    /// and refused the rest); Let's Encrypt itself allows 300 new orders per 3 hours. A
+    /// handshake that finds the bucket empty waits for a token, up to `tls.issue_timeout`.
+    /// At least 1.
     pub burst: u32,
     /// Orders running at the same time, new and renewals together. Default 10. At least 1.
     pub max_concurrent: usize,
@@ -69,7 +72,7 @@ impl Default for LimitSettings {
     fn default() -> Self {
         LimitSettings {
             interval: Duration::from_secs(2),
-            burst: 5,
+            burst: 10,
             max_concurrent: 10,
             backoff_initial: Duration::from_secs(60),
             backoff_max: Duration::from_secs(3600),

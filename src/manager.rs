@@ -445,9 +445,26 @@ impl CertManager {
     /// return the certificate.
     async fn issue(&self, name: &Domain, old: Option<&Arc<CertifiedKey>>) -> Outcome {
         let kind = self.issuer.kind();
-        let permit = match old {
-            Some(_) => self.limits.try_acquire_renewal(name),
-            None => self.limits.try_acquire(name),
+        // The global rate and the concurrency cap are "not yet": wait for a slot, up to the
+        // handshake's own patience (the fill task outlives the handshake anyway). Backoff and
+        // the weekly budget are "not now": refuse at once.
+        let patient_until = Instant::now() + self.settings.issue_timeout;
+        let permit = loop {
+            let attempt = match old {
+                Some(_) => self.limits.try_acquire_renewal(name),
+                None => self.limits.try_acquire(name),
+            };
+            let wait = match &attempt {
+                Err(Limited::Rate { retry_in, .. }) => Some(*retry_in),
+                Err(Limited::Concurrency { .. }) => Some(Duration::from_millis(100)),
+                _ => None,
+            };
+            match wait {
+                Some(wait) if Instant::now() + wait < patient_until => {
+                    tokio::time::sleep(wait.max(Duration::from_millis(10))).await
+                }
+                _ => break attempt,
+            }
         };
         let permit = match permit {
             Ok(permit) => permit,

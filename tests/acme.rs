@@ -237,3 +237,57 @@ async fn an_unreachable_ca_fails_fast_then_recovers() {
     );
     assert_eq!(pebble.orders(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_never_seen_names_at_once_all_succeed_with_the_default_limits() {
+    let setup = EdgeSetup::new();
+    let (_up, up) = upstream(setup.dir.path(), "app");
+    let pebble = Pebble::start(setup.dir.path(), setup.http.port(), setup.https.port());
+    let _edge = setup.start(&setup.config(&[up], &pebble.issuer_yaml(&["tls-alpn-01"])));
+    let root = pem(&pebble.issuing_root());
+    let names: Vec<String> = (0..10).map(|i| format!("n{i}.tenant.test")).collect();
+    let tasks: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let client = setup.client_trusting(&root, &[name.as_str()], |b| b);
+            let url = setup.url(name, "/");
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().expect("request"), 200);
+    }
+    assert_eq!(pebble.orders(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_rate_bucket_delays_new_orders_instead_of_refusing_them() {
+    let setup = EdgeSetup::new();
+    let (_up, up) = upstream(setup.dir.path(), "app");
+    let pebble = Pebble::start(setup.dir.path(), setup.http.port(), setup.https.port());
+    let extra = format!(
+        "{}limits:\n  issuance:\n    interval: 1s\n    burst: 2\n",
+        pebble.issuer_yaml(&["http-01"])
+    );
+    let _edge = setup.start(&setup.config(&[up], &extra));
+    let root = pem(&pebble.issuing_root());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            let name = format!("paced{i}.tenant.test");
+            let client = setup.client_trusting(&root, &[name.as_str()], |b| b);
+            let url = setup.url(&name, "/");
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap().expect("request"), 200);
+    }
+    // Two tokens at once, then one a second: the last order waited about two seconds.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1800),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(pebble.orders(), 4);
+}

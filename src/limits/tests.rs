@@ -55,7 +55,7 @@ fn loose() -> LimitSettings {
 fn defaults_are_the_documented_ones_and_valid() {
     let s = LimitSettings::default();
     assert_eq!(s.interval, Duration::from_secs(2));
-    assert_eq!(s.burst, 5);
+    assert_eq!(s.burst, 10);
     assert_eq!(s.max_concurrent, 10);
     assert_eq!(s.backoff_initial, Duration::from_secs(60));
     assert_eq!(s.backoff_max, Duration::from_secs(3600));
