@@ -158,7 +158,8 @@ fn migrate(path: &std::path::Path) -> anyhow::Result<()> {
 
 fn run(path: &std::path::Path, opts: RunOptions) -> anyhow::Result<std::convert::Infallible> {
     let config = Config::load(path)?;
-    if !opts.upgrade {
+    // An upgrade takes the sockets over from the running process, and `--test` binds nothing.
+    if !opts.upgrade && !opts.test {
         tenant_edge::server::ensure_listen_addresses_free(&config).context("cannot start")?;
     }
     let (mut server, edge) = build_server(&config, opts).context("cannot start")?;
