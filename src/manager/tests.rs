@@ -189,3 +189,51 @@ async fn issuance_outlives_a_handshake_that_gave_up() {
     assert_eq!(source, CertSource::Memory);
     assert_eq!(f.issuer.calls.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_renewal_for_a_name_no_longer_allowed_drops_it_and_keeps_its_files() {
+    let f = fixture(Duration::ZERO, Duration::from_secs(5));
+    let name = d("gone.localhost");
+    let (old, _) = f.manager.certificate(&name).await.unwrap();
+    // The same data, but an allow-list that no longer has the name.
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let allow = Arc::new(AllowList::new(
+        vec![NamePattern::Exact(d("other.localhost"))],
+        vec![],
+        metrics.clone(),
+    ));
+    let manager = CertManager::new(
+        allow,
+        Arc::new(DiskStore::open(&f.data).unwrap()),
+        f.issuer.clone(),
+        ManagerSettings {
+            default_name: None,
+            issue_timeout: Duration::from_secs(5),
+            cache_capacity: 100,
+            shared: None,
+        },
+        crate::limits::Limits::in_memory(crate::limits::LimitSettings::default()),
+        metrics.clone(),
+    );
+    assert!(matches!(
+        manager.renew(&name, &old).await,
+        RenewOutcome::NotAllowed
+    ));
+    assert!(manager.cached(&name).is_none());
+    assert!(matches!(
+        manager.certificate(&name).await,
+        Err(Refusal::NotAllowed(_))
+    ));
+    assert_eq!(
+        metrics
+            .renewals
+            .with_label_values(&["skipped_not_allowed"])
+            .get(),
+        1
+    );
+    assert_eq!(f.issuer.calls.load(Ordering::SeqCst), 1, "no renewal order");
+    assert!(
+        f.data.join("certs/gone.localhost/bundle.pem").exists(),
+        "files stay until expiry"
+    );
+}
