@@ -44,17 +44,24 @@ pub struct EdgeTls {
     refusal_log: LogBudget,
 }
 
+impl EdgeTls {
+    /// The callbacks alone (the TLS settings wrap them; benchmarks drive them directly).
+    pub fn new(manager: Arc<CertManager>, challenges: Arc<Challenges>) -> EdgeTls {
+        EdgeTls {
+            manager,
+            challenges,
+            refusal_log: LogBudget::new(10),
+        }
+    }
+}
+
 /// TLS settings for one HTTPS listener: our callbacks, ALPN h2 + http/1.1 (+ acme-tls/1 for
 /// validation handshakes). `TlsSettings` is not `Clone`: call once per listener.
 pub fn tls_settings(
     manager: Arc<CertManager>,
     challenges: Arc<Challenges>,
 ) -> pingora::Result<TlsSettings> {
-    let callbacks = EdgeTls {
-        manager,
-        challenges,
-        refusal_log: LogBudget::new(10),
-    };
+    let callbacks = EdgeTls::new(manager, challenges);
     let mut tls = TlsSettings::with_callbacks(Box::new(callbacks))?;
     tls.set_alpn_select_callback(|_, offered| {
         if offers_acme_tls(offered) {
