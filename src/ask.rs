@@ -20,6 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::config::AskConfig;
+use crate::database::chain;
 use crate::decision::{DecisionError, DecisionSource, Source};
 use crate::domain::Domain;
 use crate::logging::LogBudget;
@@ -240,21 +241,6 @@ fn suppressed(dropped: u64) -> String {
     } else {
         format!(" ({dropped} similar lines not logged)")
     }
-}
-
-/// An error and its causes (reqwest keeps the useful part, "connection refused", in the chain).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -105,14 +105,7 @@ pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
         "the configuration is valid",
     )];
     if probes.ports {
-        let listeners = config
-            .listen
-            .https
-            .iter()
-            .map(|a| ("listen.https", a))
-            .chain(config.listen.http.iter().map(|a| ("listen.http", a)))
-            .chain(config.listen.metrics.iter().map(|a| ("listen.metrics", a)));
-        for (key, addr) in listeners {
+        for (key, addr) in config.listen.all() {
             out.push(probe_port(key, *addr));
         }
     }

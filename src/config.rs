@@ -146,6 +146,17 @@ pub struct Listen {
     pub redirect_https_port: u16,
 }
 
+impl Listen {
+    /// Every listen address with its key (`listen.https`, `listen.http`, `listen.metrics`).
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, &SocketAddr)> {
+        self.https
+            .iter()
+            .map(|a| ("listen.https", a))
+            .chain(self.http.iter().map(|a| ("listen.http", a)))
+            .chain(self.metrics.iter().map(|a| ("listen.metrics", a)))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub threads: usize,

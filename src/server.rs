@@ -233,14 +233,7 @@ fn socket_options(addr: &std::net::SocketAddr) -> Option<TcpSocketOptions> {
 /// kamal-proxy or Caddy is the seed story's classic). Not used for a graceful upgrade, where the
 /// old process hands its sockets over.
 pub fn ensure_listen_addresses_free(config: &Config) -> Result<(), BuildError> {
-    let all = config
-        .listen
-        .https
-        .iter()
-        .map(|a| ("listen.https", a))
-        .chain(config.listen.http.iter().map(|a| ("listen.http", a)))
-        .chain(config.listen.metrics.iter().map(|a| ("listen.metrics", a)));
-    for (key, addr) in all {
+    for (key, addr) in config.listen.all() {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             let hint = match e.kind() {
                 std::io::ErrorKind::AddrInUse => {
