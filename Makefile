@@ -34,6 +34,7 @@ bench:
 
 ## make bench-load: whole-process load test against nginx and the bare upstream, same run
 bench-load: release
+	$(CARGO) build --release --example bare_pingora
 	@scripts/bench-load.sh
 
 ## make bench-issuance: time to first byte for never-seen names and certificates/s, vs Caddy, on Pebble

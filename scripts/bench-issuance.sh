@@ -140,30 +140,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# A port on 127.0.0.1 that nothing listens on, below the ephemeral range. Result in $REPLY.
-taken=" "
-free_port() {
-  local p
-  for _ in $(seq 1 500); do
-    p=$((10000 + RANDOM % 20000))
-    case "$taken" in *" $p "*) continue ;; esac
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      taken+="$p "
-      REPLY=$p
-      return 0
-    fi
-  done
-  die "no free port found"
-}
-
-wait_port() { # port pid what
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    kill -0 "$2" 2>/dev/null || die "$3 exited at start; see $results (logs are copied there)"
-    sleep 0.05
-  done
-  die "$3 is not listening on 127.0.0.1:$1 after 10 s"
-}
+# free_port, wait_port
+# shellcheck source=scripts/lib.sh
+. "$repo/scripts/lib.sh"
 
 fill() { # template output [extra sed expressions…]
   local tpl=$1 out=$2

@@ -13,11 +13,10 @@
 //! bounded by `allow.database.timeout`. A connection that failed or timed out is dropped and the
 //! next lookup opens a new one, so the edge reconnects on its own when the database returns.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
 
@@ -25,6 +24,7 @@ use crate::config::DatabaseConfig;
 use crate::decision::{DecisionError, DecisionSource, Source};
 use crate::domain::Domain;
 use crate::metrics::Metrics;
+use crate::pgpool::{AbortOnDrop, Pool, PoolClosed, Pooled};
 
 const WHAT: &str = "the database allow-list";
 
@@ -38,13 +38,9 @@ struct Conn {
     _task: AbortOnDrop,
 }
 
-/// Aborts the connection task when the connection is dropped: a connection stuck on a dead
-/// peer would otherwise live until TCP gives up.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Pooled for Conn {
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
     }
 }
 
@@ -65,10 +61,9 @@ pub struct PgAllowList {
     /// Every allowed name (pre-provisioning, `certs warm`).
     list_query: String,
     timeout: Duration,
-    /// Idle connections, each with the query prepared. Never held across an await.
-    idle: Mutex<Vec<Conn>>,
-    /// At most `pool_size` lookups (and so connections) at a time.
-    slots: Semaphore,
+    /// At most `pool_size` lookups (and so connections) at a time; idle connections, each
+    /// with the query prepared.
+    pool: Pool<Conn>,
     metrics: Arc<Metrics>,
 }
 
@@ -100,8 +95,7 @@ impl PgAllowList {
             query: config.query.clone(),
             list_query: config.list_query.clone(),
             timeout: config.timeout,
-            idle: Mutex::new(Vec::new()),
-            slots: Semaphore::new(config.pool_size.max(1)),
+            pool: Pool::new(config.pool_size),
             metrics,
         })
     }
@@ -142,12 +136,11 @@ impl PgAllowList {
 
     /// Run the list query on a pooled (or new) connection; the first column of each row.
     async fn list(&self) -> Result<Vec<Option<String>>, Failure> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| Failure::Unavailable("the connection pool is closed".into()))?;
-        let mut pooled = self.take_idle();
+        let _slot =
+            self.pool.slot().await.map_err(|PoolClosed| {
+                Failure::Unavailable("the connection pool is closed".into())
+            })?;
+        let mut pooled = self.pool.take();
         loop {
             let reused = pooled.is_some();
             let conn = match pooled.take() {
@@ -157,7 +150,7 @@ impl PgAllowList {
             let result = conn.client.query(self.list_query.as_str(), &[]).await;
             match result {
                 Ok(rows) => {
-                    self.put_back(conn);
+                    self.pool.put_back(conn);
                     return rows
                         .iter()
                         .map(|row| {
@@ -182,7 +175,7 @@ impl PgAllowList {
                             self.redact(chain(&e))
                         )));
                     }
-                    self.put_back(conn);
+                    self.pool.put_back(conn);
                     let message = format!(
                         "allow.database.list_query failed on {}: {}",
                         self.target,
@@ -215,12 +208,11 @@ impl PgAllowList {
     /// Take a slot, take (or open) a connection, run the prepared query. Cancel-safe: a
     /// connection in use when the timeout fires is dropped with the future, never pooled again.
     async fn lookup(&self, name: &str) -> Result<bool, Failure> {
-        let _slot = self
-            .slots
-            .acquire()
-            .await
-            .map_err(|_| Failure::Unavailable("the connection pool is closed".into()))?;
-        let mut pooled = self.take_idle();
+        let _slot =
+            self.pool.slot().await.map_err(|PoolClosed| {
+                Failure::Unavailable("the connection pool is closed".into())
+            })?;
+        let mut pooled = self.pool.take();
         loop {
             let reused = pooled.is_some();
             let conn = match pooled.take() {
@@ -229,7 +221,7 @@ impl PgAllowList {
             };
             match conn.client.query(&conn.statement, &[&name]).await {
                 Ok(rows) => {
-                    self.put_back(conn);
+                    self.pool.put_back(conn);
                     return Ok(!rows.is_empty());
                 }
                 Err(e) => {
@@ -247,7 +239,7 @@ impl PgAllowList {
                         )));
                     }
                     // The connection is fine; the query (or the server) is not.
-                    self.put_back(conn);
+                    self.pool.put_back(conn);
                     let message = format!(
                         "allow.database.query failed on {}: {}",
                         self.target,
@@ -323,25 +315,6 @@ impl PgAllowList {
             statement,
             _task: task,
         })
-    }
-
-    fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
-            if !conn.client.is_closed() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    fn put_back(&self, conn: Conn) {
-        if !conn.client.is_closed() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
-        }
     }
 
     fn error(&self, failure: Failure) -> DecisionError {

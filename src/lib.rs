@@ -32,6 +32,7 @@ pub mod maintain;
 pub mod manager;
 pub mod metrics;
 pub mod notify;
+mod pgpool;
 pub mod plain_http;
 pub mod proxy;
 pub mod server;

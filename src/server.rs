@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use pingora::listeners::{Listeners, TcpSocketOptions};
+use pingora::listeners::{ListenerConfig, Listeners, TcpSocketOptions};
 use pingora::prelude::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -288,7 +288,13 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
         };
         let tls =
             tls_settings(edge.manager.clone(), edge.challenges.clone()).map_err(listener_error)?;
-        listeners.add_tls_with_settings(&addr.to_string(), socket_options(addr), tls);
+        let mut endpoint = ListenerConfig::tcp(addr.to_string())
+            .tls(tls)
+            .l4_buffer(crate::tls::listener_buffers());
+        if let Some(options) = socket_options(addr) {
+            endpoint = endpoint.tcp_socket_options(options);
+        }
+        listeners.add_listener(endpoint);
     }
     if let Some(gate) = &config.limits.clients {
         // Before TLS: one client cycling through never-seen names is cut off here, before

@@ -60,17 +60,17 @@
 //! throwaway and the rows expire within minutes.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::SemaphorePermit;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Row};
 
 use crate::database::{chain, describe_target, is_config_error};
 use crate::domain::Domain;
+use crate::pgpool::{AbortOnDrop, Pool, PoolClosed, Pooled};
 use crate::store::{CertMeta, Store, StoreError, StoredCert};
 
 /// The NOTIFY channel on which [`SharedStore::notify_issued`] announces a certificate that was
@@ -207,13 +207,9 @@ struct Conn {
     _task: AbortOnDrop,
 }
 
-/// Aborts the connection task when the connection is dropped: a connection stuck on a dead
-/// peer would otherwise live until TCP gives up.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+impl Pooled for Conn {
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
     }
 }
 
@@ -227,10 +223,8 @@ pub struct SharedStore {
     /// Where the key comes from, for messages.
     key_env: String,
     timeout: Duration,
-    /// Idle connections. Never held across an await.
-    idle: Mutex<Vec<Conn>>,
-    /// At most `POOL_SIZE` operations (and so connections) at a time.
-    slots: Semaphore,
+    /// At most `POOL_SIZE` operations (and so connections) at a time; idle connections.
+    pool: Pool<Conn>,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -275,8 +269,7 @@ impl SharedStore {
             key,
             key_env: KEY_ENV.to_string(),
             timeout,
-            idle: Mutex::new(Vec::new()),
-            slots: Semaphore::new(POOL_SIZE),
+            pool: Pool::new(POOL_SIZE),
         })
     }
 
@@ -876,14 +869,14 @@ impl SharedStore {
     /// A pool slot and an open connection (an idle one, else a new one).
     async fn checkout(&self, op: &'static str) -> Result<(Conn, SemaphorePermit<'_>), SharedError> {
         let slot = self
-            .slots
-            .acquire()
+            .pool
+            .slot()
             .await
-            .map_err(|_| SharedError::Unavailable {
+            .map_err(|PoolClosed| SharedError::Unavailable {
                 op,
                 message: "the connection pool is closed".into(),
             })?;
-        let conn = match self.take_idle() {
+        let conn = match self.pool.take() {
             Some(conn) => conn,
             None => self.connect(op).await?,
         };
@@ -899,7 +892,7 @@ impl SharedStore {
     ) -> Result<T, SharedError> {
         match result {
             Ok(value) => {
-                self.put_back(conn);
+                self.pool.put_back(conn);
                 Ok(value)
             }
             Err(e) => {
@@ -907,7 +900,7 @@ impl SharedStore {
                 if !broken && e.as_db_error().is_some() {
                     // The server answered: the connection is fine (an open transaction is
                     // rolled back by tokio-postgres before the next statement).
-                    self.put_back(conn);
+                    self.pool.put_back(conn);
                 }
                 Err(self.query_error(op, &e, broken))
             }
@@ -953,25 +946,6 @@ impl SharedStore {
             client,
             _task: task,
         })
-    }
-
-    fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
-            if !conn.client.is_closed() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    fn put_back(&self, conn: Conn) {
-        if !conn.client.is_closed() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
-        }
     }
 
     fn column<'r, T: tokio_postgres::types::FromSql<'r>>(

@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::L4BufferSettings;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::ext;
@@ -63,6 +64,8 @@ pub fn tls_settings(
 ) -> pingora::Result<TlsSettings> {
     let callbacks = EdgeTls::new(manager, challenges);
     let mut tls = TlsSettings::with_callbacks(Box::new(callbacks))?;
+    // OpenSSL reads whole records itself; see `listener_buffers`.
+    tls.set_read_ahead(true);
     tls.set_alpn_select_callback(|_, offered| {
         if offers_acme_tls(offered) {
             return Ok(&ACME_TLS_1[1..]);
@@ -78,6 +81,17 @@ pub fn tls_settings(
         Ok(ClientHelloResponse::SUCCESS)
     });
     Ok(tls)
+}
+
+/// The transport buffers under each HTTPS listener's TLS layer: no read buffer, the default
+/// write buffer. Pingora's default puts a 64 KiB read buffer under every client connection so
+/// that OpenSSL's small reads (a 5-byte record header, then the record) do not each cost a
+/// system call. OpenSSL's read-ahead (set in `tls_settings`) does the same with its own record
+/// buffer: measured with `strace -c` under keep-alive load, 2 `recvfrom` per proxied request
+/// either way (4 without either), while an idle keep-alive client costs the edge 46 KB
+/// instead of 65 KB of resident memory (`make bench-load`, the idle-connections row).
+pub fn listener_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
 }
 
 /// Whether a wire-format ALPN list contains `acme-tls/1`.

@@ -1,0 +1,89 @@
+//! The floor for `make bench-load`: the smallest Pingora TLS proxy that does the same job as the
+//! edge in the benchmark (one static certificate, HTTP/2 and HTTP/1.1 to clients, one upstream
+//! over kept-alive HTTP/1.1, the same `X-Forwarded-*` headers) and nothing else: no certificate
+//! callback, no allow-list, no metrics, no health checks.
+//!
+//! scripts/bench-load.sh runs it beside nginx and tenant-edge (the `pingora` rows), so the table
+//! separates what Pingora itself costs per request from what tenant-edge adds on top of it.
+//!
+//! ```text
+//! cargo run --release --example bare_pingora -- LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal]]
+//! ```
+//!
+//! `nosteal` runs Pingora's per-thread runtimes without work stealing (`ServerConf::work_stealing`).
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
+use pingora::prelude::{HttpPeer, Opt, Server, Session};
+use pingora::proxy::ProxyHttp;
+use pingora::server::configuration::ServerConf;
+use pingora::services::listening::Service;
+use pingora::Result;
+
+struct Bare {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut pingora::http::RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()) {
+            req.insert_header("X-Forwarded-For", ip.ip().to_string())?;
+        }
+        req.insert_header("X-Forwarded-Proto", "https")?;
+        Ok(())
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [listen, cert, key, upstream, rest @ ..] = args.as_slice() else {
+        return Err(
+            "usage: bare_pingora LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal]]".into(),
+        );
+    };
+    let threads = match rest.first() {
+        Some(t) => t.parse().map_err(|e| format!("THREADS {t:?}: {e}"))?,
+        None => 2,
+    };
+    let work_stealing = match rest.get(1).map(String::as_str) {
+        None | Some("steal") => true,
+        Some("nosteal") => false,
+        Some(other) => return Err(format!("expected steal or nosteal, not {other:?}").into()),
+    };
+    let upstream: SocketAddr = upstream
+        .parse()
+        .map_err(|e| format!("UPSTREAM {upstream:?}: {e}"))?;
+
+    let conf = ServerConf {
+        threads,
+        work_stealing,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let mut service = Service::new(
+        "bare pingora".to_string(),
+        pingora::proxy::http_proxy(&server.configuration, Bare { upstream }),
+    );
+    let mut tls = TlsSettings::intermediate(cert, key)?;
+    tls.enable_h2();
+    service.add_tls_with_settings(listen, None, tls);
+    server.add_service(service);
+    server.bootstrap();
+    server.run_forever()
+}
