@@ -7,15 +7,18 @@
 //! separates what Pingora itself costs per request from what tenant-edge adds on top of it.
 //!
 //! ```text
-//! cargo run --release --example bare_pingora -- LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal]]
+//! cargo run --release --example bare_pingora -- LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal [lean]]]
 //! ```
 //!
-//! `nosteal` runs Pingora's per-thread runtimes without work stealing (`ServerConf::work_stealing`).
+//! `nosteal` runs Pingora's per-thread runtimes without work stealing (`ServerConf::work_stealing`);
+//! `lean` uses tenant-edge's listener buffers (no Pingora read buffer under TLS, OpenSSL
+//! read-ahead: `tenant_edge::tls::listener_buffers`) instead of Pingora's defaults.
 
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{ListenerConfig, Listeners};
 use pingora::prelude::{HttpPeer, Opt, Server, Session};
 use pingora::proxy::ProxyHttp;
 use pingora::server::configuration::ServerConf;
@@ -54,7 +57,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [listen, cert, key, upstream, rest @ ..] = args.as_slice() else {
         return Err(
-            "usage: bare_pingora LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal]]".into(),
+            "usage: bare_pingora LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal [lean]]]"
+                .into(),
         );
     };
     let threads = match rest.first() {
@@ -66,6 +70,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("nosteal") => false,
         Some(other) => return Err(format!("expected steal or nosteal, not {other:?}").into()),
     };
+    let lean = match rest.get(2).map(String::as_str) {
+        None => false,
+        Some("lean") => true,
+        Some(other) => return Err(format!("expected lean, not {other:?}").into()),
+    };
     let upstream: SocketAddr = upstream
         .parse()
         .map_err(|e| format!("UPSTREAM {upstream:?}: {e}"))?;
@@ -76,13 +85,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    let mut service = Service::new(
-        "bare pingora".to_string(),
-        pingora::proxy::http_proxy(&server.configuration, Bare { upstream }),
-    );
     let mut tls = TlsSettings::intermediate(cert, key)?;
     tls.enable_h2();
-    service.add_tls_with_settings(listen, None, tls);
+    let mut endpoint = ListenerConfig::tcp(listen.as_str());
+    if lean {
+        tls.set_read_ahead(true);
+        endpoint = endpoint.l4_buffer(tenant_edge::tls::listener_buffers());
+    }
+    let mut listeners = Listeners::new();
+    listeners.add_listener(endpoint.tls(tls));
+    let service = Service::with_listeners(
+        "bare pingora".to_string(),
+        listeners,
+        pingora::proxy::http_proxy(&server.configuration, Bare { upstream }),
+    );
     server.add_service(service);
     server.bootstrap();
     server.run_forever()
