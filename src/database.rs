@@ -18,13 +18,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, NoTls, Row, Statement};
 
 use crate::config::DatabaseConfig;
 use crate::decision::{DecisionError, DecisionSource, Source};
 use crate::domain::Domain;
 use crate::metrics::Metrics;
-use crate::pgpool::{AbortOnDrop, Pool, PoolClosed, Pooled};
+use crate::pgpool::{redact_password, AbortOnDrop, Pool, PoolClosed, Pooled};
 
 const WHAT: &str = "the database allow-list";
 
@@ -41,6 +41,25 @@ struct Conn {
 impl Pooled for Conn {
     fn is_closed(&self) -> bool {
         self.client.is_closed()
+    }
+}
+
+/// The two queries the allow-list runs.
+#[derive(Clone, Copy)]
+enum Query<'a> {
+    /// `allow.database.query` for one name (prepared on each connection).
+    Lookup(&'a str),
+    /// `allow.database.list_query`: every allowed name.
+    List,
+}
+
+impl Query<'_> {
+    /// The config key of the query, for messages.
+    fn key(self) -> &'static str {
+        match self {
+            Query::Lookup(_) => "allow.database.query",
+            Query::List => "allow.database.list_query",
+        }
     }
 }
 
@@ -136,59 +155,17 @@ impl PgAllowList {
 
     /// Run the list query on a pooled (or new) connection; the first column of each row.
     async fn list(&self) -> Result<Vec<Option<String>>, Failure> {
-        let _slot =
-            self.pool.slot().await.map_err(|PoolClosed| {
-                Failure::Unavailable("the connection pool is closed".into())
-            })?;
-        let mut pooled = self.pool.take();
-        loop {
-            let reused = pooled.is_some();
-            let conn = match pooled.take() {
-                Some(conn) => conn,
-                None => self.connect().await?,
-            };
-            let result = conn.client.query(self.list_query.as_str(), &[]).await;
-            match result {
-                Ok(rows) => {
-                    self.pool.put_back(conn);
-                    return rows
-                        .iter()
-                        .map(|row| {
-                            row.try_get::<_, Option<String>>(0).map_err(|e| {
-                                Failure::Query(format!(
-                                    "allow.database.list_query must return one text column of names: {}",
-                                    self.redact(chain(&e))
-                                ))
-                            })
-                        })
-                        .collect();
-                }
-                Err(e) => {
-                    let broken = e.is_closed() || conn.client.is_closed();
-                    if broken && reused {
-                        continue;
-                    }
-                    if broken {
-                        return Err(Failure::Unavailable(format!(
-                            "the connection to PostgreSQL at {} broke: {}",
-                            self.target,
-                            self.redact(chain(&e))
-                        )));
-                    }
-                    self.pool.put_back(conn);
-                    let message = format!(
-                        "allow.database.list_query failed on {}: {}",
-                        self.target,
+        let rows = self.run(Query::List).await?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<_, Option<String>>(0).map_err(|e| {
+                    Failure::Query(format!(
+                        "allow.database.list_query must return one text column of names: {}",
                         self.redact(chain(&e))
-                    );
-                    return Err(if e.as_db_error().is_none() || is_config_error(&e) {
-                        Failure::Query(message)
-                    } else {
-                        Failure::Unavailable(message)
-                    });
-                }
-            }
-        }
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// One bounded lookup, counted by outcome.
@@ -205,9 +182,15 @@ impl PgAllowList {
         result
     }
 
-    /// Take a slot, take (or open) a connection, run the prepared query. Cancel-safe: a
-    /// connection in use when the timeout fires is dropped with the future, never pooled again.
+    /// Run the prepared query: is `name` one of an active company's names?
     async fn lookup(&self, name: &str) -> Result<bool, Failure> {
+        let rows = self.run(Query::Lookup(name)).await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Take a slot, take (or open) a connection, run `query` on it. Cancel-safe: a connection
+    /// in use when the caller's timeout fires is dropped with the future, never pooled again.
+    async fn run(&self, query: Query<'_>) -> Result<Vec<Row>, Failure> {
         let _slot =
             self.pool.slot().await.map_err(|PoolClosed| {
                 Failure::Unavailable("the connection pool is closed".into())
@@ -219,10 +202,14 @@ impl PgAllowList {
                 Some(conn) => conn,
                 None => self.connect().await?,
             };
-            match conn.client.query(&conn.statement, &[&name]).await {
-                Ok(rows) => {
+            let result = match query {
+                Query::Lookup(name) => conn.client.query(&conn.statement, &[&name]).await,
+                Query::List => conn.client.query(self.list_query.as_str(), &[]).await,
+            };
+            match result {
+                Ok(value) => {
                     self.pool.put_back(conn);
-                    return Ok(!rows.is_empty());
+                    return Ok(value);
                 }
                 Err(e) => {
                     let broken = e.is_closed() || conn.client.is_closed();
@@ -241,7 +228,8 @@ impl PgAllowList {
                     // The connection is fine; the query (or the server) is not.
                     self.pool.put_back(conn);
                     let message = format!(
-                        "allow.database.query failed on {}: {}",
+                        "{} failed on {}: {}",
+                        query.key(),
                         self.target,
                         self.redact(chain(&e))
                     );
@@ -342,10 +330,7 @@ impl PgAllowList {
 
     /// Belt and braces: no message leaves this module with the password in it.
     fn redact(&self, message: String) -> String {
-        match &self.password {
-            Some(password) => message.replace(password.as_str(), "***"),
-            None => message,
-        }
+        redact_password(self.password.as_deref(), message)
     }
 }
 

@@ -18,6 +18,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// `message` with every occurrence of the connection's password (if it has one) masked: driver
+/// errors can quote the connection string.
+pub(crate) fn redact_password(password: Option<&str>, message: String) -> String {
+    match password {
+        Some(password) if !password.is_empty() => message.replace(password, "***"),
+        _ => message,
+    }
+}
+
 /// A pooled connection knows when its socket is gone.
 pub(crate) trait Pooled {
     fn is_closed(&self) -> bool;
@@ -87,6 +96,16 @@ mod tests {
         fn is_closed(&self) -> bool {
             self.0.load(Ordering::SeqCst)
         }
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            redact_password(Some("s3cret"), "auth failed for s3cret at s3cret@db".into()),
+            "auth failed for *** at ***@db"
+        );
+        assert_eq!(redact_password(None, "as is".into()), "as is");
+        assert_eq!(redact_password(Some(""), "as is".into()), "as is");
     }
 
     #[test]

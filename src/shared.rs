@@ -70,7 +70,7 @@ use tokio_postgres::{Client, NoTls, Row};
 
 use crate::database::{chain, describe_target, is_config_error};
 use crate::domain::Domain;
-use crate::pgpool::{AbortOnDrop, Pool, PoolClosed, Pooled};
+use crate::pgpool::{redact_password, AbortOnDrop, Pool, PoolClosed, Pooled};
 use crate::store::{CertMeta, Store, StoreError, StoredCert};
 
 /// The NOTIFY channel on which [`SharedStore::notify_issued`] announces a certificate that was
@@ -1000,10 +1000,7 @@ impl SharedStore {
 
     /// Belt and braces: no message leaves this module with the password in it.
     fn redact(&self, message: String) -> String {
-        match &self.password {
-            Some(password) => message.replace(password.as_str(), "***"),
-            None => message,
-        }
+        redact_password(self.password.as_deref(), message)
     }
 }
 
