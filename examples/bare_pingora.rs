@@ -12,7 +12,7 @@
 //!
 //! `nosteal` runs Pingora's per-thread runtimes without work stealing (`ServerConf::work_stealing`);
 //! `lean` uses tenant-edge's listener buffers (no Pingora read buffer under TLS, OpenSSL
-//! read-ahead: `tenant_edge::tls::listener_buffers`) instead of Pingora's defaults.
+//! read-ahead: `tenant_edge::tls::handshake::listener_buffers`) instead of Pingora's defaults.
 
 use std::net::SocketAddr;
 
@@ -90,7 +90,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut endpoint = ListenerConfig::tcp(listen.as_str());
     if lean {
         tls.set_read_ahead(true);
-        endpoint = endpoint.l4_buffer(tenant_edge::tls::listener_buffers());
+        endpoint = endpoint.l4_buffer(tenant_edge::tls::handshake::listener_buffers());
     }
     let mut listeners = Listeners::new();
     listeners.add_listener(endpoint.tls(tls));

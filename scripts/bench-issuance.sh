@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # `make bench-issuance`: on-demand issuance speed of tenant-edge against Caddy (Debian's package,
-# on-demand TLS + ask endpoint), side by side in one run, all on 127.0.0.1 (issue 3, "Speed").
+# on-demand TLS + ask endpoint), side by side in one run, all on 127.0.0.1.
 #
 #   Pebble    one Pebble + pebble-challtestsrv (its DNS: 127.0.0.1 for every name) per contender,
 #             since Pebble validates on one httpPort/tlsPort; PEBBLE_VA_NOSLEEP=1,
-#             PEBBLE_WFE_NONCEREJECT=0, PEBBLE_AUTHZREUSE=0 (as in tests/common/pebble.rs)
+#             PEBBLE_WFE_NONCEREJECT=0, PEBBLE_AUTHZREUSE=0 (as in tests/it/common/pebble.rs)
 #   edge      target/release/tenant-edge (honours CARGO_TARGET_DIR), threads 2, allow-list in a
 #             throwaway PostgreSQL database te_bench_<random> (the Rails-like `companies` table),
 #             ACME against its Pebble; RUST_LOG=info
@@ -194,7 +194,7 @@ for p in w:1 a:$n_seq b:$n_par c:$n_caddy; do names c "${p%%:*}" "${p#*:}"; done
     -out listener.pem 2>/dev/null
 ) || die "openssl could not generate Pebble's listener certificate"
 
-# The allow-list: the Rails-like schema of DESIGN.md, one active company per edge name.
+# The allow-list: the Rails-like schema of ARCHITECTURE.md, one active company per edge name.
 psql "$admin_url" -Atqc "CREATE DATABASE $db" >/dev/null || die "cannot create database $db"
 db_created=1
 {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench-load`: whole-process load test of tenant-edge against nginx and the bare upstream,
-# all in one run, all on 127.0.0.1 (STYLE.md "Benchmarks").
+# all in one run, all on 127.0.0.1.
 #
 #   upstream  nginx answering `200 ok` (HTTP/1.1 keep-alive; an h2c port for the h2 row)
 #   nginx     TLS with a static ECDSA P-256 certificate, 2 workers, HTTP/2, upstream keep-alive
@@ -125,7 +125,7 @@ render_table() {
       print "The load generators share the cores with the servers, so a rate ratio mixes the cost of the"
       print "server with that of the client; the CPU ratio compares the servers alone."
       print "Upstream rows are plain HTTP (a1, a2: new TCP connections; c: h2c), a ceiling, not a target."
-      print "Pingora rows: examples/bare_pingora, the smallest Pingora proxy for the same job (static"
+      print "Pingora rows: examples/bare_pingora.rs, the smallest Pingora proxy for the same job (static"
       print "certificate, no callback, metrics or health checks): the floor under tenant-edge."
       if (nrounds > 1) print "Best of " nrounds " rounds per server and measurement; every round is in rows.tsv."
       exit (fails > 0 ? 3 : 0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Check deploy/prometheus/tenant-edge-alerts.yml and the PromQL of deploy/grafana/tenant-edge.json
 # with promtool (Debian: `apt-get install prometheus`, or extract `promtool` from that package).
-# The Rust test tests/dashboards.rs checks names against a running edge without promtool;
+# The Rust test tests/it/dashboards.rs checks names against a running edge without promtool;
 # this adds Prometheus' own parser and the alert unit tests (tenant-edge-alerts.test.yml).
 #
 # Usage: scripts/check-rules.sh            (PROMTOOL=/path/to/promtool to override)

@@ -1,7 +1,7 @@
 //! `Domain`: a DNS name that is safe to look up, store and issue for.
 //!
 //! Every name that reaches the edge (SNI, `Host`, configuration, the CLI) is parsed here once,
-//! by the rules of DESIGN.md: lowercase, one trailing dot stripped, IDNA to ASCII, no IP
+//! by these rules: lowercase, one trailing dot stripped, IDNA to ASCII, no IP
 //! literals, no empty labels, labels of at most 63 bytes, names of at most 253 bytes, no `*`,
 //! letters/digits/hyphens only. Code past this module never re-validates a name.
 //!

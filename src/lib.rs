@@ -1,42 +1,41 @@
-//! tenant-edge: the TLS front door of a multi-tenant SaaS.
+//! tenant-edge: the TLS front door of a multi-tenant SaaS. ARCHITECTURE.md tells the whole
+//! story; this is the map. Folders are named after the question each answers, and after the
+//! config section or CLI verb that drives it. Dependencies point one way, down this list:
 //!
-//! Where things happen (see README "Request flow" and DESIGN.md):
+//! Leaves (import nothing above them):
+//! - `util`: atomic files, time, token buckets, tasks, error chains.
 //! - `domain`: parsing names (SNI, Host, config) into `Domain`, once.
-//! - `config`: the YAML file, typed and validated with every error at once.
-//! - `decision`: the allow-list (platform domains, then dynamic sources).
-//! - `store`: where certificates persist (disk; atomic writes).
-//! - `issuer`: where missing certificates come from (the internal CA; ACME next).
-//! - `certificate`: a parsed, checked chain + key.
-//! - `manager`: the lookup path, memory cache and one-issuance-per-name coordination.
-//! - `tls`: Pingora's certificate callback (the only OpenSSL handshake code).
-//! - `proxy`: Pingora's `ProxyHttp` (Host checks, upstream selection, X-Forwarded-*).
-//! - `upstream`: pools, load balancing and health checks.
-//! - `plain_http`: port 80 (ACME HTTP-01, redirects) and `/metrics`.
-//! - `metrics`, `logging`, `check`, `server` (assembly).
+//! - `metrics`: the Prometheus families and the `label_set!` closed label sets.
+//! - `logging`: the logger and its rate limits.
+//! - `pg`: the PostgreSQL pool and LISTEN, shared by `allow::database` and `shared`.
+//!
+//! Features (own their settings types; never import `config`):
+//! - `allow` (`allow:`): may a name be served? Platform patterns, database, ask URL, the
+//!   decision cache, `explain`.
+//! - `limits` (`limits:`): issuance rate, concurrency, backoff, the per-domain budget, the
+//!   per-client buckets.
+//! - `certs` (`tls:`, `issuer:`, `renewal:`, `provisioning:`): which certificate a name gets,
+//!   the stores, challenges, issuers (internal CA, ACME), maintenance.
+//! - `shared` (`store.shared:`): the PostgreSQL tables several hosts share, implementing the
+//!   traits `certs` declares.
+//! - `tls`: the handshake callbacks, the pre-TLS gate, the ClientHello parser.
+//! - `http` (`upstreams:`): the `ProxyHttp`, upstream pools, port 80, `/metrics`.
+//!
+//! On top: `config` (the YAML file, every error at once) builds the features' settings;
+//! `server` assembles a Pingora `Server`; `cli` holds one file per command, and `main.rs` is a
+//! table of contents.
 
-pub mod acme;
-pub mod ask;
-pub mod certificate;
-pub mod certs_cli;
-pub mod challenge;
-pub mod check;
-pub mod client_gate;
+pub mod allow;
+pub mod certs;
+pub mod cli;
 pub mod config;
-pub mod database;
-pub mod decision;
 pub mod domain;
-pub mod issuer;
-pub mod limits;
-pub mod logging;
-pub mod maintain;
-pub mod manager;
+pub(crate) mod http;
+pub(crate) mod limits;
+pub(crate) mod logging;
 pub mod metrics;
-pub mod notify;
-mod pgpool;
-pub mod plain_http;
-pub mod proxy;
+pub(crate) mod pg;
 pub mod server;
 pub mod shared;
-pub mod store;
 pub mod tls;
-pub mod upstream;
+pub(crate) mod util;

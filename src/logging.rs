@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::certificate::unix_now;
+use crate::util::time::unix_now;
 
 /// At most `per_second` log lines per second; counts what it suppressed. Lock-free.
 pub struct LogBudget {
@@ -52,6 +52,15 @@ impl LogBudget {
                 Err(actual) => cur = actual,
             }
         }
+    }
+}
+
+/// What to append to a rate-limited line: ` (N similar lines not logged)`, or nothing.
+pub fn suppressed(dropped: u64) -> String {
+    if dropped == 0 {
+        String::new()
+    } else {
+        format!(" ({dropped} similar lines not logged)")
     }
 }
 

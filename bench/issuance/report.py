@@ -3,7 +3,8 @@
 
 Reads RESULTS/<contender>-<phase>.tsv (one line per request, written by fetch.sh) and
 RESULTS/facts.tsv (wall times, Pebble order counts, the edge's metric deltas); prints the table
-and exits 3 when tenant-edge misses one of issue 3's targets. Standard library only.
+and exits 3 when tenant-edge misses one of the targets in its target column. Standard
+library only.
 
 Usage: report.py RESULTS_DIR
 """

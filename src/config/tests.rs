@@ -1,6 +1,11 @@
 //! Table-driven tests: every bad-input rule names its key path (and the value where one exists).
 
 use super::*;
+use crate::allow::pattern::NamePattern;
+use crate::certs::issuer::KeyType;
+use crate::domain::Domain;
+use crate::http::upstream::HealthCheckKind;
+use std::time::Duration;
 
 const BASE: &str = r#"
 data_dir: /tmp/tenant-edge-test

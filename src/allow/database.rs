@@ -1,0 +1,428 @@
+//! The PostgreSQL allow-list source: "does an active company own this name?"
+//!
+//! Owns a small pool of tokio-postgres connections (no TLS: the database is expected on a
+//! private network or loopback), the prepared allow-list query, and the timeout around each
+//! lookup. The default query and the schema it expects are in ARCHITECTURE.md ("The schema the
+//! default query expects"); `$1` is the normalized name and `dns_names citext[]` makes the
+//! match case-insensitive.
+//!
+//! Must not: connect before the first lookup (Pingora forks and starts its runtimes after the
+//! server is built), cache answers (`allow::list::AllowList` does), or put the database password
+//! in any message.
+//!
+//! Failure handling: a lookup (waiting for a pool slot, connecting, preparing, querying) is
+//! bounded by `allow.database.timeout`. A connection that failed or timed out is dropped and the
+//! next lookup opens a new one, so the edge reconnects on its own when the database returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Row, Statement};
+
+use crate::allow::decision::{DecisionError, DecisionSource, NameList, Source};
+use crate::domain::Domain;
+use crate::metrics::{label_set, Metrics};
+use crate::pg::pool::{Pool, PoolClosed, Pooled};
+use crate::pg::{describe_target, is_config_error, password_of, redact_password};
+use crate::util::error::chain;
+use crate::util::task::AbortOnDrop;
+
+/// The default allow-list query; `$1` is the normalized name.
+pub const DEFAULT_ALLOW_QUERY: &str =
+    "SELECT 1 FROM companies WHERE active AND dns_names @> ARRAY[$1]::citext[] LIMIT 1";
+/// Every allowed name, for pre-provisioning and `certs warm` (one text column).
+pub const DEFAULT_LIST_QUERY: &str =
+    "SELECT DISTINCT lower(unnest(dns_names)::text) FROM companies WHERE active";
+/// The LISTEN channel `deploy/postgres/notify.sql` notifies.
+pub const DEFAULT_NOTIFY_CHANNEL: &str = "tenant_edge_domains";
+
+/// `allow.database`.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub query: String,
+    /// Every name the database allows (pre-provisioning, `certs warm`); no parameters.
+    pub list_query: String,
+    /// LISTEN channel for instant tenant changes (`deploy/postgres/notify.sql`).
+    pub notify_channel: String,
+    /// How often the whole allow-list is read for pre-provisioning (a safety net for NOTIFY).
+    pub scan_interval: Duration,
+    pub timeout: Duration,
+    pub pool_size: usize,
+}
+
+label_set! {
+    /// `tenant_edge_database_queries_total{outcome}`.
+    pub enum QueryOutcome {
+        Ok => "ok",
+        Error => "error",
+        Timeout => "timeout",
+    }
+}
+
+const WHAT: &str = "the database allow-list";
+
+/// A name no company can own (RFC 2606 `.invalid`), used by `probe`.
+const PROBE_NAME: &str = "probe.tenant-edge.invalid";
+
+/// One pooled connection: the client, its prepared query, and the task driving the socket.
+struct Conn {
+    client: Client,
+    statement: Statement,
+    _task: AbortOnDrop,
+}
+
+impl Pooled for Conn {
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+/// The two queries the allow-list runs.
+#[derive(Clone, Copy)]
+enum Query<'a> {
+    /// `allow.database.query` for one name (prepared on each connection).
+    Lookup(&'a str),
+    /// `allow.database.list_query`: every allowed name.
+    List,
+}
+
+impl Query<'_> {
+    /// The config key of the query, for messages.
+    fn key(self) -> &'static str {
+        match self {
+            Query::Lookup(_) => "allow.database.query",
+            Query::List => "allow.database.list_query",
+        }
+    }
+}
+
+/// Why a lookup failed, before it becomes a `DecisionError`.
+enum Failure {
+    /// The server could not be reached or the connection broke: retrying later may work.
+    Unavailable(String),
+    /// The server answered with an error about the query itself: the config must change.
+    Query(String),
+}
+
+pub struct PgAllowList {
+    config: tokio_postgres::Config,
+    /// Host, port, user and database for messages (never the password).
+    target: String,
+    password: Option<String>,
+    query: String,
+    /// Every allowed name (pre-provisioning, `certs warm`).
+    list_query: String,
+    timeout: Duration,
+    /// At most `pool_size` lookups (and so connections) at a time; idle connections, each
+    /// with the query prepared.
+    pool: Pool<Conn>,
+    metrics: Arc<Metrics>,
+}
+
+impl PgAllowList {
+    /// Parse the URL and set up an empty pool. Does not connect.
+    pub fn new(
+        config: &DatabaseSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<PgAllowList, DecisionError> {
+        let pg: tokio_postgres::Config =
+            config
+                .url
+                .parse()
+                .map_err(|e: tokio_postgres::Error| DecisionError::Misconfigured {
+                    what: WHAT,
+                    message: format!(
+                        "allow.database.url is not a PostgreSQL URL ({}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
+                        chain(&e)
+                    ),
+                })?;
+        let password = password_of(&pg);
+        Ok(PgAllowList {
+            target: describe_target(&pg),
+            config: pg,
+            password,
+            query: config.query.clone(),
+            list_query: config.list_query.clone(),
+            timeout: config.timeout,
+            pool: Pool::new(config.pool_size),
+            metrics,
+        })
+    }
+
+    /// Connect and run the query once with a name no company owns (for `tenant-edge check`).
+    /// Uses the pool like a lookup does, but is not counted in the metrics.
+    pub async fn probe(&self) -> Result<(), DecisionError> {
+        match tokio::time::timeout(self.timeout, self.lookup(PROBE_NAME)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(failure)) => Err(self.error(failure)),
+            Err(_) => Err(self.timeout_error()),
+        }
+    }
+
+    /// Every name the database allows: `allow.database.list_query` (no parameters, one
+    /// text-like column), through the same pool and bounded by the same
+    /// `allow.database.timeout`. Rows that are not valid DNS names are skipped with a warning;
+    /// the result is sorted and without duplicates. Not counted in the lookup metrics.
+    pub async fn all_names(&self) -> Result<Vec<Domain>, DecisionError> {
+        let rows = match tokio::time::timeout(self.timeout, self.list()).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(failure)) => return Err(self.error(failure)),
+            Err(_) => return Err(self.timeout_error()),
+        };
+        let mut names = Vec::with_capacity(rows.len());
+        for raw in rows.into_iter().flatten() {
+            match Domain::parse(&raw) {
+                Ok(name) => names.push(name),
+                Err(e) => log::warn!(
+                    "allow.database.list_query returned {raw:?}, which is not a usable name ({e}); skipped"
+                ),
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    /// Run the list query on a pooled (or new) connection; the first column of each row.
+    async fn list(&self) -> Result<Vec<Option<String>>, Failure> {
+        let rows = self.run(Query::List).await?;
+        rows.iter()
+            .map(|row| {
+                row.try_get::<_, Option<String>>(0).map_err(|e| {
+                    Failure::Query(format!(
+                        "allow.database.list_query must return one text column of names: {}",
+                        self.redact(chain(&e))
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// One bounded lookup, counted by outcome.
+    async fn query(&self, name: &str) -> Result<bool, DecisionError> {
+        let (outcome, result) = match tokio::time::timeout(self.timeout, self.lookup(name)).await {
+            Ok(Ok(found)) => (QueryOutcome::Ok, Ok(found)),
+            Ok(Err(failure)) => (QueryOutcome::Error, Err(self.error(failure))),
+            Err(_) => (QueryOutcome::Timeout, Err(self.timeout_error())),
+        };
+        self.metrics
+            .database_queries
+            .with_label_values(&[outcome.label()])
+            .inc();
+        result
+    }
+
+    /// Run the prepared query: is `name` one of an active company's names?
+    async fn lookup(&self, name: &str) -> Result<bool, Failure> {
+        let rows = self.run(Query::Lookup(name)).await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Take a slot, take (or open) a connection, run `query` on it. Cancel-safe: a connection
+    /// in use when the caller's timeout fires is dropped with the future, never pooled again.
+    async fn run(&self, query: Query<'_>) -> Result<Vec<Row>, Failure> {
+        let _slot =
+            self.pool.slot().await.map_err(|PoolClosed| {
+                Failure::Unavailable("the connection pool is closed".into())
+            })?;
+        let mut pooled = self.pool.take();
+        loop {
+            let reused = pooled.is_some();
+            let conn = match pooled.take() {
+                Some(conn) => conn,
+                None => self.connect().await?,
+            };
+            let result = match query {
+                Query::Lookup(name) => conn.client.query(&conn.statement, &[&name]).await,
+                Query::List => conn.client.query(self.list_query.as_str(), &[]).await,
+            };
+            match result {
+                Ok(value) => {
+                    self.pool.put_back(conn);
+                    return Ok(value);
+                }
+                Err(e) => {
+                    let broken = e.is_closed() || conn.client.is_closed();
+                    if broken && reused {
+                        // The server closed this idle connection (restart, idle timeout):
+                        // one new connection is worth a try before reporting an outage.
+                        continue;
+                    }
+                    if broken {
+                        return Err(Failure::Unavailable(format!(
+                            "the connection to PostgreSQL at {} broke: {}",
+                            self.target,
+                            self.redact(chain(&e))
+                        )));
+                    }
+                    // The connection is fine; the query (or the server) is not.
+                    self.pool.put_back(conn);
+                    let message = format!(
+                        "{} failed on {}: {}",
+                        query.key(),
+                        self.target,
+                        self.redact(chain(&e))
+                    );
+                    // A server error about the query itself (or a client-side type error,
+                    // which has no SQLSTATE) is for the operator; anything else is an outage.
+                    return Err(if e.as_db_error().is_none() || is_config_error(&e) {
+                        Failure::Query(message)
+                    } else {
+                        Failure::Unavailable(message)
+                    });
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Conn, Failure> {
+        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+            let message = format!(
+                "cannot connect to PostgreSQL at {}: {}",
+                self.target,
+                self.redact(chain(&e))
+            );
+            if is_config_error(&e) {
+                // Authentication or a missing database: the server is up, the URL is wrong.
+                Failure::Query(format!("{message}; check allow.database.url"))
+            } else {
+                Failure::Unavailable(format!(
+                    "{message}; is the server running and allow.database.url right?"
+                ))
+            }
+        })?;
+        let target = self.target.clone();
+        let task = AbortOnDrop(tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                log::warn!(
+                    "the allow-list connection to PostgreSQL at {target} ended: {}; the next lookup reconnects",
+                    chain(&e)
+                );
+            }
+        }));
+        let statement = client.prepare(&self.query).await.map_err(|e| {
+            let message = format!(
+                "allow.database.query does not prepare on {}: {}",
+                self.target,
+                self.redact(chain(&e))
+            );
+            if is_config_error(&e) {
+                Failure::Query(format!(
+                    "{message}; the default expects companies(active boolean, dns_names citext[]) and the citext extension"
+                ))
+            } else {
+                Failure::Unavailable(message)
+            }
+        })?;
+        match statement.params() {
+            [param] if <&str as ToSql>::accepts(param) => {}
+            [param] => {
+                return Err(Failure::Query(format!(
+                    "allow.database.query uses $1 as {param}; $1 is the name and must be text-like (text, varchar, citext)"
+                )))
+            }
+            params => {
+                return Err(Failure::Query(format!(
+                    "allow.database.query takes {} parameters; it must take exactly one ($1, the name)",
+                    params.len()
+                )))
+            }
+        }
+        Ok(Conn {
+            client,
+            statement,
+            _task: task,
+        })
+    }
+
+    fn error(&self, failure: Failure) -> DecisionError {
+        match failure {
+            Failure::Unavailable(message) => DecisionError::Unavailable {
+                what: WHAT,
+                message,
+            },
+            Failure::Query(message) => DecisionError::Misconfigured {
+                what: WHAT,
+                message,
+            },
+        }
+    }
+
+    fn timeout_error(&self) -> DecisionError {
+        DecisionError::Unavailable {
+            what: WHAT,
+            message: format!(
+                "no answer from PostgreSQL at {} within {:?} (allow.database.timeout); the server is down, overloaded or unreachable",
+                self.target, self.timeout
+            ),
+        }
+    }
+
+    /// Belt and braces: no message leaves this module with the password in it.
+    fn redact(&self, message: String) -> String {
+        redact_password(self.password.as_deref(), message)
+    }
+}
+
+#[async_trait]
+impl DecisionSource for PgAllowList {
+    fn source(&self) -> Source {
+        Source::Database
+    }
+
+    async fn allows(&self, name: &Domain) -> Result<bool, DecisionError> {
+        self.query(name.as_str()).await
+    }
+}
+
+#[async_trait]
+impl NameList for PgAllowList {
+    async fn all_names(&self) -> Result<Vec<Domain>, DecisionError> {
+        PgAllowList::all_names(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> DatabaseSettings {
+        DatabaseSettings {
+            url: url.into(),
+            query: DEFAULT_ALLOW_QUERY.into(),
+            list_query: DEFAULT_LIST_QUERY.into(),
+            notify_channel: DEFAULT_NOTIFY_CHANNEL.into(),
+            scan_interval: Duration::from_secs(600),
+            timeout: Duration::from_secs(1),
+            pool_size: 2,
+        }
+    }
+
+    #[test]
+    fn target_never_shows_the_password() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let pg = PgAllowList::new(
+            &config("postgres://app:s3cret@db.internal:6543/saas"),
+            metrics,
+        )
+        .unwrap();
+        assert_eq!(pg.target, "db.internal:6543 (user app, database saas)");
+        assert_eq!(
+            pg.redact("auth failed for s3cret".into()),
+            "auth failed for ***"
+        );
+    }
+
+    #[test]
+    fn a_bad_url_is_a_configuration_error() {
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let err = PgAllowList::new(&config("postgres://app:pw@host:notaport/db"), metrics)
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), "misconfigured");
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+}

@@ -1,0 +1,275 @@
+//! Pending ACME challenge responses, shared by the issuer (which writes them while an order is
+//! open) and the listeners (which answer the CA's validation requests).
+//!
+//! - HTTP-01 (RFC 8555 §8.3): token → key authorization, served on port 80.
+//! - TLS-ALPN-01 (RFC 8737): name → a self-signed certificate carrying the `acmeIdentifier`
+//!   extension, served only to handshakes that offer ALPN `acme-tls/1`.
+//!
+//! Entries live only while an order is being validated; `ChallengeGuard` removes them when the
+//! order ends, however it ends. No policy here: the stores answer what they were given.
+//!
+//! With several hosts (`store.shared`), a response is also written to the shared store
+//! ([`SharedChallenges`], implemented by `shared`) *before* the CA is told to validate, because
+//! the CA's request may land on any host; readers look in memory first, then in the shared
+//! store.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::certs::certificate::{BundleError, CertifiedKey};
+use crate::certs::store::RemoteError;
+use crate::domain::Domain;
+
+/// Challenge responses kept where every host can read them (several hosts). Absent or expired
+/// is `Ok(None)`; an entry lives until deleted or `ttl` after it was put, whichever is first.
+#[async_trait]
+pub trait SharedChallenges: Send + Sync {
+    async fn put_http01(
+        &self,
+        token: &str,
+        key_authorization: &str,
+        ttl: Duration,
+    ) -> Result<(), RemoteError>;
+    async fn http01(&self, token: &str) -> Result<Option<String>, RemoteError>;
+    async fn delete_http01(&self, token: &str) -> Result<(), RemoteError>;
+    /// `bundle_pem`: the PEM key and self-signed challenge certificate.
+    async fn put_tls_alpn01(
+        &self,
+        name: &Domain,
+        bundle_pem: &[u8],
+        ttl: Duration,
+    ) -> Result<(), RemoteError>;
+    async fn tls_alpn01(&self, name: &Domain) -> Result<Option<Vec<u8>>, RemoteError>;
+    async fn delete_tls_alpn01(&self, name: &Domain) -> Result<(), RemoteError>;
+}
+
+/// Both challenge stores.
+#[derive(Default)]
+pub struct Challenges {
+    http01: RwLock<HashMap<String, String>>,
+    tls_alpn01: RwLock<HashMap<Domain, Arc<CertifiedKey>>>,
+    shared: Option<Arc<dyn SharedChallenges>>,
+}
+
+/// How long a published response stays valid in the shared store if its guard never runs
+/// (the host died mid-order).
+const SHARED_TTL: Duration = Duration::from_secs(600);
+
+/// RFC 8555 tokens are base64url without padding; ACME CAs use 43 characters (32 bytes).
+pub fn is_valid_token(token: &str) -> bool {
+    (16..=128).contains(&token.len())
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Challenges {
+    /// Challenges shared with the other hosts through `shared`.
+    pub fn with_shared(shared: Arc<dyn SharedChallenges>) -> Challenges {
+        Challenges {
+            shared: Some(shared),
+            ..Challenges::default()
+        }
+    }
+
+    /// The key authorization for `token`: this host's orders first, then the other hosts'.
+    pub async fn find_http01(&self, token: &str) -> Option<String> {
+        if let Some(found) = self.http01(token) {
+            return Some(found);
+        }
+        match self.shared.as_ref()?.http01(token).await {
+            Ok(found) => found,
+            Err(e) => {
+                log::warn!("HTTP-01 lookup in the shared store failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// The TLS-ALPN-01 certificate for `name`: this host's orders first, then the other hosts'.
+    pub async fn find_tls_alpn01(&self, name: &Domain) -> Option<Arc<CertifiedKey>> {
+        if let Some(found) = self.tls_alpn01(name) {
+            return Some(found);
+        }
+        match self.shared.as_ref()?.tls_alpn01(name).await {
+            Ok(Some(bundle)) => CertifiedKey::from_bundle(&bundle, Some(name))
+                .ok()
+                .map(Arc::new),
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("TLS-ALPN-01 lookup in the shared store failed: {e}");
+                None
+            }
+        }
+    }
+
+    /// Publish an HTTP-01 response here and, with several hosts, in the shared store (awaited:
+    /// the CA may ask another host as soon as the order is marked ready).
+    pub async fn publish_http01_everywhere(
+        self: &Arc<Self>,
+        token: &str,
+        key_authorization: String,
+    ) -> ChallengeGuard {
+        if let Some(shared) = &self.shared {
+            if let Err(e) = shared
+                .put_http01(token, &key_authorization, SHARED_TTL)
+                .await
+            {
+                log::warn!(
+                    "could not share the HTTP-01 response ({e}); only this host can answer it"
+                );
+            }
+        }
+        self.publish_http01(token, key_authorization)
+    }
+
+    /// Publish a TLS-ALPN-01 certificate here and, with several hosts, in the shared store.
+    pub async fn publish_tls_alpn01_everywhere(
+        self: &Arc<Self>,
+        name: &Domain,
+        bundle: &[u8],
+    ) -> Result<ChallengeGuard, BundleError> {
+        let cert = CertifiedKey::from_bundle(bundle, Some(name))?;
+        if let Some(shared) = &self.shared {
+            if let Err(e) = shared.put_tls_alpn01(name, bundle, SHARED_TTL).await {
+                log::warn!("could not share the TLS-ALPN-01 certificate ({e}); only this host can answer it");
+            }
+        }
+        Ok(self.publish_tls_alpn01(name, cert))
+    }
+
+    /// The key authorization for an HTTP-01 token, if an order is waiting on it.
+    pub fn http01(&self, token: &str) -> Option<String> {
+        self.http01
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned()
+    }
+
+    /// The TLS-ALPN-01 certificate for `name`, if an order is waiting on it.
+    pub fn tls_alpn01(&self, name: &Domain) -> Option<Arc<CertifiedKey>> {
+        self.tls_alpn01
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Publish an HTTP-01 response until the guard is dropped.
+    pub fn publish_http01(
+        self: &Arc<Self>,
+        token: &str,
+        key_authorization: String,
+    ) -> ChallengeGuard {
+        self.http01
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(token.to_string(), key_authorization);
+        ChallengeGuard {
+            store: self.clone(),
+            entry: Entry::Http01(token.to_string()),
+        }
+    }
+
+    /// Publish a TLS-ALPN-01 certificate until the guard is dropped.
+    pub fn publish_tls_alpn01(
+        self: &Arc<Self>,
+        name: &Domain,
+        cert: CertifiedKey,
+    ) -> ChallengeGuard {
+        self.tls_alpn01
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), Arc::new(cert));
+        ChallengeGuard {
+            store: self.clone(),
+            entry: Entry::TlsAlpn01(name.clone()),
+        }
+    }
+}
+
+enum Entry {
+    Http01(String),
+    TlsAlpn01(Domain),
+}
+
+/// Removes its challenge response when dropped.
+pub struct ChallengeGuard {
+    store: Arc<Challenges>,
+    entry: Entry,
+}
+
+impl Drop for ChallengeGuard {
+    fn drop(&mut self) {
+        if let (Some(shared), Ok(runtime)) = (
+            self.store.shared.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            let entry = match &self.entry {
+                Entry::Http01(token) => Entry::Http01(token.clone()),
+                Entry::TlsAlpn01(name) => Entry::TlsAlpn01(name.clone()),
+            };
+            runtime.spawn(async move {
+                let done = match &entry {
+                    Entry::Http01(token) => shared.delete_http01(token).await,
+                    Entry::TlsAlpn01(name) => shared.delete_tls_alpn01(name).await,
+                };
+                if let Err(e) = done {
+                    log::debug!(
+                        "challenge cleanup in the shared store failed ({e}); it expires on its own"
+                    );
+                }
+            });
+        }
+        match &self.entry {
+            Entry::Http01(token) => {
+                self.store
+                    .http01
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(token);
+            }
+            Entry::TlsAlpn01(name) => {
+                self.store
+                    .tls_alpn01
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(name);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_remove_their_entries() {
+        let c = Arc::new(Challenges::default());
+        let token = "abcdefghijklmnopqrstuvwxyz0123456789_-ABCDE";
+        assert!(is_valid_token(token));
+        {
+            let _g = c.publish_http01(token, "ka".into());
+            assert_eq!(c.http01(token).as_deref(), Some("ka"));
+        }
+        assert_eq!(c.http01(token), None);
+    }
+
+    #[test]
+    fn token_validation() {
+        for bad in [
+            "",
+            "short",
+            "../../etc/passwd/aaaaaaaaaaaa",
+            "abc=defghijklmnopqrs",
+            &"a".repeat(129),
+        ] {
+            assert!(!is_valid_token(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! The configuration file: one YAML document, parsed into typed values once.
+//!
+//! Parsing is two-step so that *every* problem is reported at once, each with its key path and
+//! the bad value: serde reads the document into `raw` structs whose leaves are untyped YAML
+//! values (unknown keys are collected by `serde_ignored`, not stopped at), then each section's
+//! `build` converts its leaves into the settings types the feature modules own (`values` reads
+//! one leaf) and collects the errors. Nothing else in the crate sees a raw string from the file,
+//! and no module below this one imports it: features take their own settings types.
+//!
+//! Sections, one file each: `listen`, `server`, `tls`, `allow`, `issuer`, `upstreams`,
+//! `limits`, `renewal` (with `provisioning`), `store`.
+//!
+//! Secrets may come from the environment: any string value may contain `${NAME}`, which is
+//! replaced by the variable's value (a missing variable is an error naming it and the key).
+
+pub mod allow;
+pub mod errors;
+pub mod issuer;
+pub mod limits;
+pub mod listen;
+pub mod raw;
+pub mod renewal;
+pub mod server;
+pub mod store;
+pub mod tls;
+pub mod upstreams;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+
+use crate::allow::AllowSettings;
+use crate::certs::maintain::{ProvisioningSettings, RenewalSettings};
+use crate::certs::manager::HandshakeSettings;
+use crate::config::errors::{ConfigError, ConfigErrors};
+use crate::config::issuer::IssuerConfig;
+use crate::config::limits::LimitsConfig;
+use crate::config::listen::Listen;
+use crate::config::server::ServerSettings;
+use crate::config::values::{format_ignored, Errors};
+use crate::http::upstream::UpstreamsSettings;
+use crate::shared::SharedSettings;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where state lives (see README "Data directory").
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub server: ServerSettings,
+    pub tls: HandshakeSettings,
+    pub allow: AllowSettings,
+    pub issuer: IssuerConfig,
+    pub upstreams: UpstreamsSettings,
+    pub limits: LimitsConfig,
+    pub renewal: RenewalSettings,
+    pub provisioning: ProvisioningSettings,
+    /// `None`: one host, the disk store alone.
+    pub shared_store: Option<SharedSettings>,
+}
+
+impl Config {
+    /// Read and validate a file; `Err` lists every problem found.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                value: None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Config::from_yaml(&text, &file, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse a document; `env` resolves `${NAME}` (tests pass a closure, `load` the process env).
+    pub fn from_yaml(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut list = Vec::new();
+        let mut unknown = Vec::new();
+        let de = serde_yaml::Deserializer::from_str(text);
+        let parsed: Result<raw::File, _> = serde_path_to_error::deserialize(
+            serde_ignored::Deserializer::new(de, &mut |p: serde_ignored::Path<'_>| {
+                unknown.push(format_ignored(&p))
+            }),
+        );
+        let raw = match parsed {
+            Ok(raw) => raw,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                // An empty document is an empty config, reported field by field below.
+                if text.trim().is_empty() || inner.contains("EOF while parsing") {
+                    raw::File::default()
+                } else {
+                    let path = if path == "." { String::new() } else { path };
+                    return Err(ConfigErrors {
+                        file: file.into(),
+                        errors: vec![ConfigError {
+                            path,
+                            value: None,
+                            message: inner,
+                        }],
+                    });
+                }
+            }
+        };
+        for path in unknown {
+            list.push(ConfigError {
+                path,
+                value: None,
+                message: "unknown key (check the spelling against conf/production.yaml)".into(),
+            });
+        }
+        let config = {
+            let mut errs = Errors {
+                list: &mut list,
+                env,
+            };
+            build(&raw, &mut errs)
+        };
+        match config {
+            Some(c) if list.is_empty() => Ok(c),
+            _ => Err(ConfigErrors {
+                file: file.into(),
+                errors: list,
+            }),
+        }
+    }
+}
+
+/// Every section, in document order (errors come out in that order).
+fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
+    let data_dir = match &raw.data_dir {
+        Some(v) => errs.path("data_dir", v),
+        None => {
+            errs.push(
+                "data_dir",
+                None,
+                "is required (where certificates and the CA live)",
+            );
+            None
+        }
+    };
+    let listen = listen::build(&raw.listen, errs);
+    let server = server::build(&raw.server, errs);
+    let tls = tls::build(&raw.tls, errs);
+    let allow = allow::build(&raw.allow, errs);
+    let issuer = issuer::build(&raw.issuer, errs);
+    let upstreams = upstreams::build(&raw.upstreams, errs);
+    let limits = limits::build(&raw.limits, errs);
+    let renewal = renewal::build_renewal(&raw.renewal, errs);
+    let provisioning = renewal::build_provisioning(&raw.provisioning, errs);
+    let shared_store = match &raw.store.shared {
+        None => Some(None),
+        Some(sh) => store::build(sh, errs).map(Some),
+    };
+    Some(Config {
+        data_dir: data_dir?,
+        listen: listen?,
+        server: server?,
+        tls: tls?,
+        allow: allow?,
+        issuer: issuer?,
+        upstreams: upstreams?,
+        limits: limits?,
+        renewal: renewal?,
+        provisioning: provisioning?,
+        shared_store: shared_store?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

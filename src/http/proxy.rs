@@ -1,0 +1,283 @@
+//! The HTTPS side: Pingora's `ProxyHttp` for requests that arrived over TLS.
+//!
+//! `request_filter` handles the special cases first, each answered by the edge itself:
+//! no Host (400), a Host that is not the connection's TLS name (421, RFC 9110 §15.5.20),
+//! a name that is no longer allowed (421; resumed sessions skip the certificate callback,
+//! so the allow-list is re-checked per request). Then the normal path: pick the pool by Host,
+//! a healthy backend (retrying a connect failure once on another backend), forward with
+//! `X-Forwarded-*`. Shared state lives on `&self`; per-request state in `RequestCtx`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::prelude::{HttpPeer, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp};
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::certs::manager::CertManager;
+use crate::domain::Domain;
+use crate::http::host::{request_host, strip_port};
+use crate::http::upstream::Upstreams;
+use crate::metrics::{label_set, status_class, Metrics};
+use crate::tls::handshake::ConnName;
+
+label_set! {
+    /// `tenant_edge_requests_refused_total{reason}`: HTTPS requests the edge answered itself.
+    pub enum RequestRefusal {
+        Misdirected => "misdirected",
+        NoHost => "no_host",
+        NotAllowed => "not_allowed",
+    }
+}
+
+pub struct EdgeProxy {
+    manager: Arc<CertManager>,
+    upstreams: Arc<Upstreams>,
+    metrics: Arc<Metrics>,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    /// The Host header as the client sent it (for X-Forwarded-Host).
+    host_header: Option<String>,
+    host: Option<Domain>,
+    pool: Option<usize>,
+    /// Backends already tried for this request (a connect failure moves on to another).
+    tried: Vec<SocketAddr>,
+}
+
+impl EdgeProxy {
+    pub fn new(
+        manager: Arc<CertManager>,
+        upstreams: Arc<Upstreams>,
+        metrics: Arc<Metrics>,
+    ) -> EdgeProxy {
+        EdgeProxy {
+            manager,
+            upstreams,
+            metrics,
+        }
+    }
+
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        status: u16,
+        reason: RequestRefusal,
+        body: &'static str,
+    ) -> Result<bool> {
+        self.metrics
+            .requests_refused
+            .with_label_values(&[reason.label()])
+            .inc();
+        session
+            .respond_error_with_body(status, Bytes::from_static(body.as_bytes()))
+            .await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            host_header: None,
+            host: None,
+            pool: None,
+            tried: Vec::new(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let conn_name = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<ConnName>())
+            .map(|c| c.0.clone());
+        let Some(host_header) = request_host(session.req_header()).map(str::to_owned) else {
+            return self
+                .refuse(
+                    session,
+                    400,
+                    RequestRefusal::NoHost,
+                    "400 Bad Request: no Host header\n",
+                )
+                .await;
+        };
+        let host = Domain::parse(strip_port(&host_header)).ok();
+        let (Some(host), Some(conn_name)) = (host, conn_name) else {
+            return self
+                .refuse(
+                    session,
+                    421,
+                    RequestRefusal::Misdirected,
+                    "421 Misdirected Request: Host does not match the TLS server name\n",
+                )
+                .await;
+        };
+        if host != conn_name {
+            return self
+                .refuse(
+                    session,
+                    421,
+                    RequestRefusal::Misdirected,
+                    "421 Misdirected Request: Host does not match the TLS server name\n",
+                )
+                .await;
+        }
+        if !self.manager.is_allowed(&host).await {
+            return self
+                .refuse(
+                    session,
+                    421,
+                    RequestRefusal::NotAllowed,
+                    "421 Misdirected Request: this name is not served here\n",
+                )
+                .await;
+        }
+        ctx.pool = Some(self.upstreams.pool_for(&host));
+        ctx.host = Some(host);
+        ctx.host_header = Some(host_header);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let pool_index = ctx.pool.unwrap_or(0);
+        let host = ctx.host.as_ref().map_or("", |h| h.as_str());
+        let Some(addr) = self.upstreams.select(pool_index, host, &ctx.tried) else {
+            let mut e =
+                Error::explain(ErrorType::HTTPStatus(502), "no healthy backend left to try");
+            e.set_retry(false);
+            return Err(e);
+        };
+        ctx.tried.push(addr);
+        let pool = self.upstreams.pool(pool_index);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(pool.connect_timeout);
+        peer.options.read_timeout = Some(pool.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // One retry, on another backend (`upstream_peer` skips those in `ctx.tried`).
+        if ctx.tried.len() < 2 {
+            if let Some(pool) = ctx.pool {
+                self.metrics
+                    .upstream_retries
+                    .with_label_values(&[&self.upstreams.pool(pool).name])
+                    .inc();
+            }
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let prior: Vec<&str> = req
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let mut xff = prior.join(", ");
+        if let Some(ip) = client_ip {
+            if !xff.is_empty() {
+                xff.push_str(", ");
+            }
+            xff.push_str(&ip.to_string());
+        }
+        if !xff.is_empty() {
+            req.insert_header("X-Forwarded-For", xff)?;
+        }
+        req.insert_header("X-Forwarded-Proto", "https")?;
+        if let Some(host) = &ctx.host_header {
+            req.insert_header("X-Forwarded-Host", host.as_str())?;
+            // HTTP/2 clients send :authority, not Host; HTTP/1.1 upstreams need Host.
+            if req.headers.get(http::header::HOST).is_none() {
+                req.insert_header(http::header::HOST, host.as_str())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => 500,
+            },
+        };
+        if code > 0 {
+            let body: &'static str = match code {
+                502 => "502 Bad Gateway: no upstream answered\n",
+                504 => "504 Gateway Timeout: the upstream did not answer in time\n",
+                400 => "400 Bad Request\n",
+                _ => "tenant-edge could not complete the request\n",
+            };
+            if let Err(err) = session
+                .respond_error_with_body(code, Bytes::from_static(body.as_bytes()))
+                .await
+            {
+                log::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(pool) = ctx.pool else { return };
+        let pool = &self.upstreams.pool(pool).name;
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.metrics
+            .upstream_requests
+            .with_label_values(&[pool, status_class(status)])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[pool])
+            .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}

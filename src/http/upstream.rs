@@ -1,0 +1,285 @@
+//! Upstream pools (kamal-proxy instances): selection, health checks, routing by Host suffix.
+//!
+//! Each pool is a `pingora-load-balancing` `LoadBalancer` whose health check runs as a Pingora
+//! background service; the proxy only calls `select`. Data (which backend) is kept apart from
+//! the time-driven loop (the background service), as in Pingora's own split.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::http::RequestHeader;
+use pingora::lb::health_check::{HealthCheck, HealthObserve, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::selection::{Consistent, RoundRobin};
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::prelude::background_service;
+use pingora::server::Server;
+
+use crate::domain::Domain;
+use crate::metrics::Metrics;
+
+/// `upstreams:`: pools of backends and the routes that pick one by Host.
+#[derive(Debug, Clone)]
+pub struct UpstreamsSettings {
+    pub pools: Vec<PoolSettings>,
+    /// Index into `pools`.
+    pub default_pool: usize,
+    /// Longest suffix first.
+    pub routes: Vec<RouteSettings>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selection {
+    RoundRobin,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub name: String,
+    pub backends: Vec<SocketAddr>,
+    pub selection: Selection,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub health_check: Option<HealthCheckSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub enum HealthCheckKind {
+    Tcp,
+    Http {
+        path: String,
+        host: String,
+        expected_status: u16,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthCheckSettings {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes to mark a backend healthy again.
+    pub rise: usize,
+    /// Consecutive failures to mark a backend unhealthy.
+    pub fall: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// Requests whose Host is this name or below it go to `pool`.
+    pub suffix: Domain,
+    /// Index into `UpstreamsSettings::pools`.
+    pub pool: usize,
+}
+
+enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Hash(Arc<LoadBalancer<Consistent>>),
+}
+
+pub struct Pool {
+    pub name: String,
+    balancer: Balancer,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+pub struct Upstreams {
+    pools: Vec<Pool>,
+    default_pool: usize,
+    /// (suffix, pool index), longest suffix first.
+    routes: Vec<(Domain, usize)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstreams.pools.{pool}: {message}")]
+pub struct UpstreamError {
+    pool: String,
+    message: String,
+}
+
+/// Keeps `tenant_edge_upstream_backends_healthy{pool}` in step with health flips.
+struct HealthGauge {
+    healthy: Arc<AtomicI64>,
+    gauge: prometheus::IntGauge,
+    pool: String,
+}
+
+#[async_trait]
+impl HealthObserve for HealthGauge {
+    async fn observe(&self, target: &Backend, healthy: bool) {
+        let delta = if healthy { 1 } else { -1 };
+        let now = self.healthy.fetch_add(delta, Ordering::Relaxed) + delta;
+        self.gauge.set(now);
+        if healthy {
+            log::info!(
+                "upstream {} in pool {} is healthy again",
+                target.addr,
+                self.pool
+            );
+        } else {
+            log::warn!(
+                "upstream {} in pool {} failed its health check",
+                target.addr,
+                self.pool
+            );
+        }
+    }
+}
+
+fn health_check(
+    pool: &PoolSettings,
+    hc: &HealthCheckSettings,
+    observer: HealthGauge,
+) -> Box<dyn HealthCheck + Send + Sync> {
+    match &hc.kind {
+        HealthCheckKind::Tcp => {
+            let mut check = TcpHealthCheck::new();
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.consecutive_success = hc.rise;
+            check.consecutive_failure = hc.fall;
+            check.health_changed_callback = Some(Box::new(observer));
+            check
+        }
+        HealthCheckKind::Http {
+            path,
+            host,
+            expected_status,
+        } => {
+            let mut check = HttpHealthCheck::new(host, false);
+            check.peer_template.options.connection_timeout = Some(hc.timeout);
+            check.peer_template.options.read_timeout = Some(hc.timeout);
+            check.consecutive_success = hc.rise;
+            check.consecutive_failure = hc.fall;
+            check.health_changed_callback = Some(Box::new(observer));
+            if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
+                if req.insert_header("Host", host.as_str()).is_ok()
+                    && req
+                        .insert_header("User-Agent", "tenant-edge-health-check")
+                        .is_ok()
+                {
+                    check.req = req;
+                }
+            }
+            let expected = *expected_status;
+            let pool = pool.name.clone();
+            check.validator = Some(Box::new(move |resp| {
+                if resp.status.as_u16() == expected {
+                    Ok(())
+                } else {
+                    pingora::Error::e_explain(
+                        pingora::ErrorType::CustomCode(
+                            "unexpected health check status",
+                            resp.status.as_u16(),
+                        ),
+                        format!("pool {pool}: expected {expected}"),
+                    )
+                }
+            }));
+            Box::new(check)
+        }
+    }
+}
+
+fn build_lb<S>(pool: &PoolSettings, metrics: &Metrics) -> Result<LoadBalancer<S>, UpstreamError>
+where
+    S: pingora::lb::selection::BackendSelection + 'static,
+    S::Iter: pingora::lb::selection::BackendIter,
+{
+    let mut lb = LoadBalancer::<S>::try_from_iter(pool.backends.iter().copied()).map_err(|e| {
+        UpstreamError {
+            pool: pool.name.clone(),
+            message: e.to_string(),
+        }
+    })?;
+    metrics.preinit_pool(&pool.name);
+    let count = pool.backends.len() as i64;
+    metrics
+        .upstream_backends
+        .with_label_values(&[&pool.name])
+        .set(count);
+    let gauge = metrics.upstream_healthy.with_label_values(&[&pool.name]);
+    gauge.set(count);
+    if let Some(hc) = &pool.health_check {
+        let observer = HealthGauge {
+            healthy: Arc::new(AtomicI64::new(count)),
+            gauge,
+            pool: pool.name.clone(),
+        };
+        lb.set_health_check(health_check(pool, hc, observer));
+        lb.health_check_frequency = Some(hc.interval);
+        lb.parallel_health_check = true;
+    }
+    Ok(lb)
+}
+
+impl Upstreams {
+    /// Build every pool and register its health-check loop as a background service of `server`.
+    pub fn build(
+        cfg: &UpstreamsSettings,
+        metrics: &Metrics,
+        server: &mut Server,
+    ) -> Result<Upstreams, UpstreamError> {
+        let mut pools = Vec::with_capacity(cfg.pools.len());
+        for p in &cfg.pools {
+            let name = format!("health check {}", p.name);
+            let balancer = match p.selection {
+                Selection::RoundRobin => {
+                    let service = background_service(&name, build_lb::<RoundRobin>(p, metrics)?);
+                    let lb = service.task();
+                    server.add_service(service);
+                    Balancer::RoundRobin(lb)
+                }
+                Selection::ConsistentHash => {
+                    let service = background_service(&name, build_lb::<Consistent>(p, metrics)?);
+                    let lb = service.task();
+                    server.add_service(service);
+                    Balancer::Hash(lb)
+                }
+            };
+            pools.push(Pool {
+                name: p.name.clone(),
+                balancer,
+                connect_timeout: p.connect_timeout,
+                read_timeout: p.read_timeout,
+            });
+        }
+        Ok(Upstreams {
+            pools,
+            default_pool: cfg.default_pool,
+            routes: cfg
+                .routes
+                .iter()
+                .map(|r| (r.suffix.clone(), r.pool))
+                .collect(),
+        })
+    }
+
+    /// The pool index for a request's Host: the longest matching route, else the default.
+    pub fn pool_for(&self, host: &Domain) -> usize {
+        self.routes
+            .iter()
+            .find(|(suffix, _)| host.is_under(suffix))
+            .map_or(self.default_pool, |(_, pool)| *pool)
+    }
+
+    pub fn pool(&self, index: usize) -> &Pool {
+        &self.pools[index]
+    }
+
+    /// A healthy backend of `pool` that is not in `tried` (round robin, or consistent hashing
+    /// on `host`). `None` when every backend is unhealthy or already tried.
+    pub fn select(&self, pool: usize, host: &str, tried: &[SocketAddr]) -> Option<SocketAddr> {
+        let accept = |b: &Backend, healthy: bool| {
+            healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+        };
+        let backend = match &self.pools[pool].balancer {
+            Balancer::RoundRobin(lb) => lb.select_with(b"", 64, accept),
+            Balancer::Hash(lb) => lb.select_with(host.as_bytes(), 64, accept),
+        }?;
+        backend.addr.as_inet().copied()
+    }
+}

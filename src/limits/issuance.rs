@@ -1,0 +1,620 @@
+//! Issuance limits: may a *new* order be placed right now?
+//!
+//! This module owns the abuse limits on orders, checked once per order by the certificate
+//! manager's fill task, just before it calls the issuer:
+//! 1. a per-name failure backoff (1m, 2m, 4m … capped at 1h, reset by a success);
+//! 2. a per-registered-domain budget (public suffix list) in a sliding 7-day window, kept under
+//!    Let's Encrypt's 50 certificates per registered domain per week and persisted in
+//!    `<data_dir>/limits/budget.json` so that a restart does not reset it (`limits::budget`);
+//! 3. a cap on concurrent orders, held by the returned [`OrderPermit`] until it is dropped;
+//! 4. a global token bucket (one order every `interval`, `burst` at once), which renewals skip.
+//!
+//! The checks run in that order so that a refusal never consumes another limit's capacity: a
+//! name in backoff takes no concurrency slot, an order refused for concurrency burns no token.
+//!
+//! What it must not do: it never applies to serving, loading or caching certificates that are
+//! already stored (Caddy's old limiter throttled those too, one reason it was removed in Caddy
+//! 2.9); it never blocks or does I/O on the caller's thread, except when no tokio runtime exists
+//! (CLI commands), where the budget file is written inline; it counts no metrics (the caller
+//! counts `tenant_edge_issuances_limited_total{limit=Limited::kind()}`); it knows nothing of
+//! ACME, Pingora or the allow-list.
+//!
+//! The budget is per process (per data directory). With several hosts sharing one PostgreSQL,
+//! each host keeps its own budget; divide `budget_per_week` by the number of hosts.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::domain::Domain;
+use crate::limits::budget::{prune, read_budget, registered_domain, BudgetFile, BUDGET_WINDOW};
+use crate::metrics::label_set;
+use crate::util::bucket::TokenBucket;
+use crate::util::fs::{create_private_dir, write_atomic, FileError};
+use crate::util::time::ShortDuration;
+
+/// Tunables of [`Limits`]. `Default` is what production runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// One new order may start every `interval` on average (global token bucket refill).
+    /// Default 2s, the seed's Caddy `interval 2s`. `Duration::ZERO` disables the rate limit.
+    pub interval: Duration,
+    /// Orders that may start at once after a quiet period (bucket capacity). Default 10: ten
+    /// tenants' first requests arriving together all get certificates (the seed's Caddy used 5
+    /// and refused the rest); Let's Encrypt itself allows 300 new orders per 3 hours. A
+    /// handshake that finds the bucket empty waits for a token, up to `tls.issue_timeout`.
+    /// At least 1.
+    pub burst: u32,
+    /// Orders running at the same time, new and renewals together. Default 10. At least 1.
+    pub max_concurrent: usize,
+    /// Wait after a name's first failed order; doubled after each further failure. Default 1m.
+    /// `Duration::ZERO` disables the backoff.
+    pub backoff_initial: Duration,
+    /// Longest wait between two orders of a failing name. Default 1h (Let's Encrypt allows 5
+    /// failed validations per name per hour).
+    pub backoff_max: Duration,
+    /// Names whose failure streak is remembered (LRU-ish, bounded memory). Default 10,000. A
+    /// streak is forgotten `2 × backoff_max` after its last failure.
+    pub backoff_capacity: u64,
+    /// New orders per registered domain (`example.co.uk` for `shop.example.co.uk`) in any
+    /// 7-day window. Default 45, under Let's Encrypt's 50 certificates per registered domain
+    /// per week so that manual issuance and other clients keep a margin. `None` disables the
+    /// budget (a private CA without such a limit).
+    pub budget_per_week: Option<u32>,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            interval: Duration::from_secs(2),
+            burst: 10,
+            max_concurrent: 10,
+            backoff_initial: Duration::from_secs(60),
+            backoff_max: Duration::from_secs(3600),
+            backoff_capacity: 10_000,
+            budget_per_week: Some(45),
+        }
+    }
+}
+
+impl LimitSettings {
+    /// Every problem with these values, as `(field, message)`; empty when they are usable. The
+    /// config module prefixes the field with its key path.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.burst == 0 {
+            problems.push(("burst", "must be at least 1".to_string()));
+        }
+        if self.max_concurrent == 0 {
+            problems.push(("max_concurrent", "must be at least 1".to_string()));
+        }
+        if self.backoff_initial > self.backoff_max {
+            problems.push((
+                "backoff_initial",
+                format!(
+                    "must not exceed backoff_max ({})",
+                    ShortDuration(self.backoff_max)
+                ),
+            ));
+        }
+        if self.backoff_capacity == 0 {
+            problems.push(("backoff_capacity", "must be at least 1".to_string()));
+        }
+        if self.budget_per_week == Some(0) {
+            problems.push((
+                "budget_per_week",
+                "0 would refuse every order; leave it unset to disable the budget".to_string(),
+            ));
+        }
+        problems
+    }
+}
+
+/// Why a new order may not start now. `kind()` is the `limit` label of
+/// `tenant_edge_issuances_limited_total`; the message says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Limited {
+    #[error(
+        "the global order rate limit is reached (burst {burst}, one order every {interval}); \
+         next slot in {retry_in}",
+        interval = ShortDuration(*interval),
+        retry_in = ShortDuration(*retry_in)
+    )]
+    Rate {
+        burst: u32,
+        interval: Duration,
+        retry_in: Duration,
+    },
+    #[error(
+        "{max} orders are already running (max_concurrent); the next can start when one finishes"
+    )]
+    Concurrency { max: usize },
+    #[error(
+        "{name}: the last {failures} order(s) failed; next attempt in {retry_in} \
+         (backoff doubles up to backoff_max, a success resets it)",
+        retry_in = ShortDuration(*retry_in)
+    )]
+    Backoff {
+        name: Domain,
+        failures: u32,
+        retry_in: Duration,
+    },
+    #[error(
+        "{registered} has used {used} of {limit} orders this week (budget_per_week); \
+         next slot in {retry_in}",
+        retry_in = ShortDuration(*retry_in)
+    )]
+    Budget {
+        registered: String,
+        used: u32,
+        limit: u32,
+        retry_in: Duration,
+    },
+}
+
+label_set! {
+    /// `tenant_edge_issuances_limited_total{limit}`: which limit held an order back (`client`:
+    /// the pre-TLS gate, before any order).
+    pub enum LimitKind {
+        Rate => "rate",
+        Concurrency => "concurrency",
+        Backoff => "backoff",
+        Budget => "budget",
+        Client => "client",
+    }
+}
+
+impl Limited {
+    /// Fixed metric label: `rate`, `concurrency`, `backoff` or `budget`.
+    pub fn kind(&self) -> &'static str {
+        self.limit().label()
+    }
+
+    /// Which limit this is.
+    pub fn limit(&self) -> LimitKind {
+        match self {
+            Limited::Rate { .. } => LimitKind::Rate,
+            Limited::Concurrency { .. } => LimitKind::Concurrency,
+            Limited::Backoff { .. } => LimitKind::Backoff,
+            Limited::Budget { .. } => LimitKind::Budget,
+        }
+    }
+
+    /// When trying again may succeed; `None` for concurrency (when a running order finishes).
+    pub fn retry_in(&self) -> Option<Duration> {
+        match self {
+            Limited::Rate { retry_in, .. }
+            | Limited::Backoff { retry_in, .. }
+            | Limited::Budget { retry_in, .. } => Some(*retry_in),
+            Limited::Concurrency { .. } => None,
+        }
+    }
+}
+
+/// Time sources, injectable for tests: monotonic for the bucket and the backoff, wall-clock
+/// (unix seconds) for the budget, which must survive restarts.
+trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+    fn unix_now(&self) -> i64;
+}
+
+struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn unix_now(&self) -> i64 {
+        crate::util::time::unix_now()
+    }
+}
+
+/// The issuance limits of one edge. Cheap to clone (shared state); the manager and the renewal
+/// loop hold clones of the same value.
+#[derive(Clone)]
+pub struct Limits {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: LimitSettings,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+    in_flight: AtomicUsize,
+    /// Failure streaks by name; absent means "no recent failure".
+    backoff: moka::sync::Cache<Domain, Streak>,
+    persist: Option<Persist>,
+}
+
+struct State {
+    rate: TokenBucket,
+    /// Unix seconds of the orders counted per registered domain, oldest first, all inside the
+    /// window (pruned on access and before each write). Empty queues are removed.
+    budget: HashMap<String, VecDeque<i64>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Streak {
+    failures: u32,
+    until: Instant,
+}
+
+/// Background writes of `budget.json`: at most one writer at a time; writes requested while one
+/// runs are folded into one more write by the same writer.
+struct Persist {
+    path: PathBuf,
+    flags: Mutex<PersistFlags>,
+    /// Held across snapshot + write, so that a later write never carries an older snapshot.
+    write_lock: Mutex<()>,
+}
+
+#[derive(Default)]
+struct PersistFlags {
+    dirty: bool,
+    writing: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Limits {
+    /// Limits whose budget persists in `<data_dir>/limits/budget.json`, loading what a previous
+    /// run recorded. An unreadable or corrupt file is logged and treated as empty (it is
+    /// replaced by the next write); only failing to create the directory is an error.
+    pub fn load(data_dir: &Path, settings: LimitSettings) -> Result<Limits, FileError> {
+        Self::load_with_clock(data_dir, settings, Arc::new(SystemClock))
+    }
+
+    fn load_with_clock(
+        data_dir: &Path,
+        settings: LimitSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Limits, FileError> {
+        let dir = data_dir.join("limits");
+        create_private_dir(&dir)?;
+        Ok(Self::build(settings, Some(dir.join("budget.json")), clock))
+    }
+
+    /// Limits that keep their budget in memory only (tests, `certs issue` from the CLI).
+    pub fn in_memory(settings: LimitSettings) -> Limits {
+        Self::build(settings, None, Arc::new(SystemClock))
+    }
+
+    fn build(settings: LimitSettings, path: Option<PathBuf>, clock: Arc<dyn Clock>) -> Limits {
+        let now = clock.now();
+        let wall = clock.unix_now();
+        let budget = match &path {
+            Some(p) => read_budget(p, wall),
+            None => HashMap::new(),
+        };
+        let backoff = moka::sync::Cache::builder()
+            .max_capacity(settings.backoff_capacity.max(1))
+            .time_to_live(
+                settings
+                    .backoff_max
+                    .saturating_mul(2)
+                    .max(Duration::from_secs(1)),
+            )
+            .build();
+        Limits {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    rate: TokenBucket::full(settings.burst, now),
+                    budget,
+                }),
+                settings,
+                clock,
+                in_flight: AtomicUsize::new(0),
+                backoff,
+                persist: path.map(|path| Persist {
+                    path,
+                    flags: Mutex::new(PersistFlags::default()),
+                    write_lock: Mutex::new(()),
+                }),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &LimitSettings {
+        &self.inner.settings
+    }
+
+    /// May a new order for `name` start now? Checks, in order: backoff, budget, concurrency,
+    /// rate. On success the order is counted in the budget and holds a concurrency slot until
+    /// the permit is dropped; report its outcome with [`OrderPermit::succeeded`] or
+    /// [`OrderPermit::failed`]. Synchronous and non-blocking (the budget file is written by a
+    /// `spawn_blocking` task).
+    pub fn try_acquire(&self, name: &Domain) -> Result<OrderPermit, Limited> {
+        self.acquire(name, false)
+    }
+
+    /// Like [`Limits::try_acquire`] for the renewal of a certificate we already hold: it skips
+    /// the global rate limit (renewals are paced by the renewal loop and must not starve behind
+    /// a burst of new names) but obeys the backoff, the concurrency cap and the budget.
+    pub fn try_acquire_renewal(&self, name: &Domain) -> Result<OrderPermit, Limited> {
+        self.acquire(name, true)
+    }
+
+    fn acquire(&self, name: &Domain, renewal: bool) -> Result<OrderPermit, Limited> {
+        let inner = &self.inner;
+        let s = &inner.settings;
+        let now = inner.clock.now();
+        let wall = inner.clock.unix_now();
+
+        if let Some(streak) = inner.backoff.get(name) {
+            if streak.until > now {
+                return Err(Limited::Backoff {
+                    name: name.clone(),
+                    failures: streak.failures,
+                    retry_in: streak.until - now,
+                });
+            }
+        }
+
+        let registered = registered_domain(name);
+        let mut state = lock(&inner.state);
+        if let Some(limit) = s.budget_per_week {
+            if let Some(q) = state.budget.get_mut(registered) {
+                prune(q, wall);
+                if q.len() >= limit as usize {
+                    let oldest = q.front().copied().unwrap_or(wall);
+                    let free_at = oldest.saturating_add(BUDGET_WINDOW.as_secs() as i64);
+                    return Err(Limited::Budget {
+                        registered: registered.to_string(),
+                        used: u32::try_from(q.len()).unwrap_or(u32::MAX),
+                        limit,
+                        retry_in: Duration::from_secs(free_at.saturating_sub(wall).max(1) as u64),
+                    });
+                }
+            }
+        }
+
+        let max = s.max_concurrent.max(1);
+        if inner
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(Limited::Concurrency { max });
+        }
+
+        if !renewal {
+            if let Err(retry_in) = state.rate.try_take(s.interval, s.burst.max(1), now) {
+                inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+                return Err(Limited::Rate {
+                    burst: s.burst,
+                    interval: s.interval,
+                    retry_in,
+                });
+            }
+        }
+
+        let counted = if s.budget_per_week.is_some() {
+            state
+                .budget
+                .entry(registered.to_string())
+                .or_default()
+                .push_back(wall);
+            true
+        } else {
+            false
+        };
+        drop(state);
+        if counted {
+            self.persist_soon();
+        }
+        Ok(OrderPermit {
+            limits: self.clone(),
+            name: name.clone(),
+            counted_at: counted.then_some(wall),
+            reported: false,
+        })
+    }
+
+    /// Orders holding a concurrency slot now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// `(used, limit)` of the weekly budget of `name`'s registered domain; `limit` is `None`
+    /// when the budget is disabled. For `certs` and `allow` output.
+    pub fn budget_used(&self, name: &Domain) -> (u32, Option<u32>) {
+        let wall = self.inner.clock.unix_now();
+        let mut state = lock(&self.inner.state);
+        let used = match state.budget.get_mut(registered_domain(name)) {
+            Some(q) => {
+                prune(q, wall);
+                u32::try_from(q.len()).unwrap_or(u32::MAX)
+            }
+            None => 0,
+        };
+        (used, self.inner.settings.budget_per_week)
+    }
+
+    /// Write the budget file now, on this thread (shutdown, CLI). A no-op without a data dir.
+    pub fn flush(&self) -> Result<(), FileError> {
+        match &self.inner.persist {
+            Some(p) => self.write_budget(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Schedule a write of the budget file without blocking the caller: a `spawn_blocking`
+    /// task when a tokio runtime is running, else inline (CLI commands have no runtime).
+    fn persist_soon(&self) {
+        let Some(p) = &self.inner.persist else {
+            return;
+        };
+        {
+            let mut flags = lock(&p.flags);
+            flags.dirty = true;
+            if flags.writing {
+                return;
+            }
+            flags.writing = true;
+        }
+        let this = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(move || this.write_while_dirty());
+            }
+            Err(_) => this.write_while_dirty(),
+        }
+    }
+
+    fn write_while_dirty(&self) {
+        let Some(p) = &self.inner.persist else {
+            return;
+        };
+        loop {
+            {
+                let mut flags = lock(&p.flags);
+                if !flags.dirty {
+                    flags.writing = false;
+                    return;
+                }
+                flags.dirty = false;
+            }
+            if let Err(e) = self.write_budget(p) {
+                // The budget still holds in memory; only a restart before the next successful
+                // write would forget these orders.
+                log::error!("could not save the issuance budget: {e}");
+            }
+        }
+    }
+
+    fn write_budget(&self, p: &Persist) -> Result<(), FileError> {
+        let _writer = lock(&p.write_lock);
+        let wall = self.inner.clock.unix_now();
+        let file = {
+            let mut state = lock(&self.inner.state);
+            state.budget.retain(|_, q| {
+                prune(q, wall);
+                !q.is_empty()
+            });
+            BudgetFile::of(&state.budget)
+        };
+        let json = serde_json::to_vec_pretty(&file).unwrap_or_default();
+        write_atomic(&p.path, &json, 0o600)
+    }
+
+    fn report(&self, name: &Domain, counted_at: Option<i64>, outcome: Outcome) {
+        let inner = &self.inner;
+        match outcome {
+            Outcome::Succeeded => inner.backoff.invalidate(name),
+            Outcome::Failed | Outcome::Unknown => {
+                let s = &inner.settings;
+                if !s.backoff_initial.is_zero() {
+                    let failures = inner
+                        .backoff
+                        .get(name)
+                        .map_or(1, |st| st.failures.saturating_add(1));
+                    let delay = backoff_delay(s.backoff_initial, s.backoff_max, failures);
+                    let now = inner.clock.now();
+                    inner.backoff.insert(
+                        name.clone(),
+                        Streak {
+                            failures,
+                            until: now.checked_add(delay).unwrap_or(now),
+                        },
+                    );
+                }
+            }
+        }
+        // A failed order issued nothing, so it does not count against Let's Encrypt's
+        // certificates-per-domain limit: give the budget back (failed validations have their
+        // own CA limit, which the backoff keeps us under). An unknown outcome stays counted.
+        if let (Outcome::Failed, Some(at)) = (outcome, counted_at) {
+            let registered = registered_domain(name);
+            let mut state = lock(&inner.state);
+            if let Some(q) = state.budget.get_mut(registered) {
+                if let Some(i) = q.iter().rposition(|&t| t == at) {
+                    q.remove(i);
+                }
+                if q.is_empty() {
+                    state.budget.remove(registered);
+                }
+            }
+            drop(state);
+            self.persist_soon();
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+/// `initial × 2^(failures-1)`, capped at `max`.
+fn backoff_delay(initial: Duration, max: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(31);
+    initial
+        .checked_mul(1u32 << doublings)
+        .unwrap_or(max)
+        .min(max)
+}
+
+/// Permission to run one order, from [`Limits::try_acquire`]. Holds a concurrency slot until
+/// dropped. Report the outcome once with [`OrderPermit::succeeded`] (resets the name's
+/// backoff) or [`OrderPermit::failed`] (the CA issued nothing: the backoff grows and the budget
+/// slot is given back). Dropped without either (a panic, a cancelled task), the order counts
+/// as failed for the backoff but stays counted in the budget, since it may have been issued.
+#[must_use = "the order's concurrency slot is released when the permit is dropped"]
+pub struct OrderPermit {
+    limits: Limits,
+    name: Domain,
+    /// Unix time the budget entry was recorded at (to give it back on failure).
+    counted_at: Option<i64>,
+    reported: bool,
+}
+
+impl OrderPermit {
+    pub fn name(&self) -> &Domain {
+        &self.name
+    }
+
+    /// The order produced a certificate: reset the name's backoff; the budget stays counted.
+    pub fn succeeded(mut self) {
+        self.reported = true;
+        self.limits
+            .report(&self.name, self.counted_at, Outcome::Succeeded);
+    }
+
+    /// The order failed and nothing was issued: extend the name's backoff and give its budget
+    /// slot back.
+    pub fn failed(mut self) {
+        self.reported = true;
+        self.limits
+            .report(&self.name, self.counted_at, Outcome::Failed);
+    }
+}
+
+impl Drop for OrderPermit {
+    fn drop(&mut self) {
+        if !self.reported {
+            self.limits
+                .report(&self.name, self.counted_at, Outcome::Unknown);
+        }
+        self.limits.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl fmt::Debug for OrderPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OrderPermit")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! The certificate side of an edge (allow-list, store, issuer, manager), built from a `Config`
+//! without any listener: what `build_server`, the CLI commands and the benchmarks share.
+
+use std::sync::Arc;
+
+use crate::allow::ask::AskUrl;
+use crate::allow::database::PgAllowList;
+use crate::allow::decision::DecisionSource;
+use crate::allow::list::AllowList;
+use crate::certs::challenge::{Challenges, SharedChallenges};
+use crate::certs::disk::DiskStore;
+use crate::certs::issuer::acme::account::AccountStore;
+use crate::certs::issuer::acme::AcmeIssuer;
+use crate::certs::issuer::internal::InternalCa;
+use crate::certs::issuer::Issuer;
+use crate::certs::layered::LayeredStore;
+use crate::certs::lock::{IssuanceLocks, SharedLock};
+use crate::certs::manager::{CertManager, ManagerSettings};
+use crate::certs::store::{Store, StoreError};
+use crate::config::issuer::IssuerConfig;
+use crate::config::Config;
+use crate::limits::issuance::Limits;
+use crate::metrics::Metrics;
+use crate::server::error::BuildError;
+use crate::server::labels::closed_sets;
+use crate::shared::store::{holder_id, SharedStore};
+use crate::util::fs::create_private_dir;
+
+/// The allow-list the config describes: platform domains, then the database, then the ask URL.
+/// Builds clients but connects nothing (connections open on first use, inside a runtime).
+pub fn allow_list(config: &Config, metrics: &Arc<Metrics>) -> Result<AllowList, BuildError> {
+    let database = database(config, metrics)?;
+    allow_list_with(config, metrics, database)
+}
+
+/// The database allow-list source, when configured (also used to list names and LISTEN).
+pub fn database(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<PgAllowList>>, BuildError> {
+    let Some(db) = &config.allow.database else {
+        return Ok(None);
+    };
+    let pg = PgAllowList::new(db, metrics.clone()).map_err(|e| BuildError::Source {
+        key: "allow.database",
+        message: e.to_string(),
+    })?;
+    Ok(Some(Arc::new(pg)))
+}
+
+/// `allow_list` with an already built database source.
+pub fn allow_list_with(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    database: Option<Arc<PgAllowList>>,
+) -> Result<AllowList, BuildError> {
+    let mut sources: Vec<Arc<dyn DecisionSource>> = Vec::new();
+    if let Some(pg) = database {
+        sources.push(pg);
+    }
+    if let Some(ask) = &config.allow.ask {
+        sources.push(Arc::new(AskUrl::new(ask, metrics.clone())));
+    }
+    Ok(AllowList::with_settings(
+        config.allow.platform_domains.clone(),
+        sources,
+        config.allow.cache,
+        metrics.clone(),
+    ))
+}
+
+/// The parts of a running edge that tests and benchmarks reach into.
+pub struct Edge {
+    pub allow: Arc<AllowList>,
+    pub database: Option<Arc<PgAllowList>>,
+    pub shared: Option<Arc<SharedStore>>,
+    pub manager: Arc<CertManager>,
+    pub metrics: Arc<Metrics>,
+    pub challenges: Arc<Challenges>,
+    pub internal_ca: Option<Arc<InternalCa>>,
+}
+
+/// Build the certificate side (allow-list, store, issuer, manager) without any listener.
+pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
+    let data_dir_error = |e: StoreError| BuildError::DataDir {
+        path: config.data_dir.display().to_string(),
+        message: e.to_string(),
+    };
+    create_private_dir(&config.data_dir).map_err(|e| data_dir_error(e.into()))?;
+    let metrics = Arc::new(Metrics::new()?);
+    metrics.preinit(&closed_sets());
+    let shared = shared_store(config)?;
+    let challenges = Arc::new(match &shared {
+        Some(shared) => Challenges::with_shared(shared.clone() as Arc<dyn SharedChallenges>),
+        None => Challenges::default(),
+    });
+    let database = database(config, &metrics)?;
+    let allow = Arc::new(allow_list_with(config, &metrics, database.clone())?);
+    let disk = DiskStore::open(&config.data_dir).map_err(data_dir_error)?;
+    let store: Arc<dyn Store> = match &shared {
+        Some(shared) => Arc::new(LayeredStore::new(disk, shared.clone() as Arc<dyn Store>)),
+        None => Arc::new(disk),
+    };
+    let (issuer, internal_ca): (Arc<dyn Issuer>, _) = match &config.issuer {
+        IssuerConfig::Internal(internal) => {
+            let ca = InternalCa::load_or_create(
+                &config.data_dir,
+                internal.lifetime,
+                config.tls.key_type,
+            )?;
+            (ca.clone(), Some(ca))
+        }
+        IssuerConfig::Acme(acme) => {
+            let issuer = AcmeIssuer::new(
+                acme.clone(),
+                config.tls.key_type,
+                &config.data_dir,
+                challenges.clone(),
+                shared.clone().map(|s| s as Arc<dyn AccountStore>),
+                metrics.clone(),
+            );
+            (Arc::new(issuer), None)
+        }
+    };
+    let limits = Limits::load(&config.data_dir, config.limits.issuance.clone())
+        .map_err(|e| data_dir_error(e.into()))?;
+    let lock = shared
+        .clone()
+        .zip(config.shared_store.as_ref())
+        .map(|(store, sh)| SharedLock {
+            locks: store as Arc<dyn IssuanceLocks>,
+            holder: holder_id(),
+            lease: sh.lock_lease,
+        });
+    let manager = CertManager::new(
+        allow.clone(),
+        store,
+        issuer,
+        ManagerSettings {
+            default_name: config.tls.default_name.clone(),
+            issue_timeout: config.tls.issue_timeout,
+            cache_capacity: config.tls.cache_capacity,
+            shared: lock,
+        },
+        limits,
+        metrics.clone(),
+    );
+    Ok(Edge {
+        allow,
+        database,
+        shared,
+        manager,
+        metrics,
+        challenges,
+        internal_ca,
+    })
+}
+
+/// The shared PostgreSQL store, when several hosts share one (`store.shared`). Connects lazily.
+pub fn shared_store(config: &Config) -> Result<Option<Arc<SharedStore>>, BuildError> {
+    let Some(sh) = &config.shared_store else {
+        return Ok(None);
+    };
+    let (key, key_env) = match &sh.encryption_key {
+        Some((key, env)) => (Some(*key), Some(env.as_str())),
+        None => (None, None),
+    };
+    let mut store = SharedStore::new(&sh.url, key, sh.timeout).map_err(|e| BuildError::Source {
+        key: "store.shared",
+        message: e.to_string(),
+    })?;
+    if let Some(env) = key_env {
+        store = store.with_key_env(env);
+    }
+    Ok(Some(Arc::new(store)))
+}

@@ -1,0 +1,39 @@
+//! Listen sockets: refuse to start on a taken port, IPv6 sockets IPv6-only.
+
+use pingora::listeners::TcpSocketOptions;
+
+use crate::config::Config;
+use crate::server::error::BuildError;
+
+/// IPv6 listeners take only IPv6, so that `0.0.0.0:443` and `[::]:443` can both be listed
+/// (a dual-stack `[::]` would collide with the IPv4 one).
+pub fn socket_options(addr: &std::net::SocketAddr) -> Option<TcpSocketOptions> {
+    addr.is_ipv6().then(|| {
+        let mut options = TcpSocketOptions::default();
+        options.ipv6_only = Some(true);
+        options
+    })
+}
+
+/// Every listen address can be bound right now. Pingora retries a taken address for a while and
+/// then runs on without that listener; the edge refuses to start instead (a port taken by
+/// kamal-proxy or Caddy is the seed story's classic). Not used for a graceful upgrade, where the
+/// old process hands its sockets over.
+pub fn ensure_listen_addresses_free(config: &Config) -> Result<(), BuildError> {
+    for (key, addr) in config.listen.all() {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            let hint = match e.kind() {
+                std::io::ErrorKind::AddrInUse => {
+                    " (another process holds it: kamal-proxy or Caddy? `tenant-edge check` and `ss -ltnp` say which)"
+                }
+                std::io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+                _ => "",
+            };
+            return Err(BuildError::Listener {
+                addr: format!("{key} {addr}"),
+                message: format!("{e}{hint}"),
+            });
+        }
+    }
+    Ok(())
+}

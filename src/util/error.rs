@@ -1,0 +1,18 @@
+//! Error messages an operator can read.
+
+/// An error and its causes, `outer: inner: innermost`. Drivers such as tokio-postgres and
+/// reqwest put the useful part (the server's message, the refused address) in the source
+/// chain; a cause whose text is already in the message is not repeated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}

@@ -1,0 +1,262 @@
+//! The HTTPS proxy and the HTTP listener with real upstream processes and a real client
+//! (reqwest over rustls, resolving the test names to the edge).
+
+use crate::common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, String, Option<String>) {
+    let resp = client.get(url).send().await.expect("request");
+    let status = resp.status().as_u16();
+    let upstream = resp
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, resp.text().await.unwrap(), upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balances_fails_over_and_reports() {
+    let setup = EdgeSetup::new();
+    let (mut up_a, a) = upstream(setup.dir.path(), "a");
+    let (mut up_b, b) = upstream(setup.dir.path(), "b");
+    let _edge = setup.start(&setup.config(&[a, b], ""));
+    let client = setup.client(&["shop.tenant.test"]);
+    let url = setup.url("shop.tenant.test", "/x");
+
+    // Both healthy: round robin alternates.
+    let mut seen = HashMap::new();
+    for _ in 0..10 {
+        let (status, _, upstream) = get(&client, &url).await;
+        assert_eq!(status, 200);
+        *seen.entry(upstream.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("a"), Some(&5), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&5), "{seen:?}");
+
+    // One killed: after the health check (500ms) every request succeeds on the other.
+    up_a.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..10 {
+        let (status, _, upstream) = get(&client, &url).await;
+        assert_eq!((status, upstream.as_deref()), (200, Some("b")));
+    }
+
+    // Both dead: 502 with a short body.
+    up_b.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, body, _) = get(&client, &url).await;
+    assert_eq!(status, 502);
+    assert!(body.contains("no upstream answered"), "{body}");
+
+    let m = setup.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_upstream_requests_total",
+            &[("pool", "app"), ("class", "2xx")]
+        ),
+        20.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_upstream_requests_total",
+            &[("pool", "app"), ("class", "5xx")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "tenant_edge_upstream_backends", &[("pool", "app")]),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_upstream_backends_healthy",
+            &[("pool", "app")]
+        ),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_request_duration_seconds_count",
+            &[("pool", "app")]
+        ),
+        21.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_tls_handshakes_total",
+            &[("outcome", "served"), ("source", "issued")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "tenant_edge_issuances_total", &[("outcome", "success")]),
+        1.0
+    );
+    assert_eq!(metric(&m, "tenant_edge_certificates_cached", &[]), 1.0);
+    assert!(
+        metric(
+            &m,
+            "tenant_edge_certificate_soonest_expiry_timestamp_seconds",
+            &[]
+        ) > 1.7e9
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_is_retried_on_another_before_any_health_check() {
+    let setup = EdgeSetup::new();
+    let (_up, live) = upstream(setup.dir.path(), "live");
+    let dead: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // No health check: only the connect retry can save requests that land on the dead one.
+    let config = setup.config(&[dead, live], "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let no_hc = text
+        .split("      health_check:")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&config, no_hc).unwrap();
+    let _edge = setup.start(&config);
+    let client = setup.client(&["shop.tenant.test"]);
+    for _ in 0..6 {
+        let (status, _, upstream) = get(&client, &setup.url("shop.tenant.test", "/")).await;
+        assert_eq!((status, upstream.as_deref()), (200, Some("live")));
+    }
+    let m = setup.scrape();
+    // Round robin may send every first attempt to the dead backend; each was retried once.
+    let retries = metric(&m, "tenant_edge_upstream_retries_total", &[("pool", "app")]);
+    assert!((1.0..=6.0).contains(&retries), "{retries}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_host_and_x_forwarded_headers() {
+    let setup = EdgeSetup::new();
+    let (_up, a) = upstream(setup.dir.path(), "a");
+    let _edge = setup.start(&setup.config(&[a], ""));
+    for http2 in [false, true] {
+        let client = if http2 {
+            setup.client(&["shop.tenant.test"])
+        } else {
+            setup.client_with(&["shop.tenant.test"], |b| b.http1_only())
+        };
+        let resp = client
+            .get(setup.url("shop.tenant.test", "/path?q=1"))
+            .header("X-Forwarded-For", "203.0.113.7")
+            .header("X-Forwarded-Proto", "http")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.version(),
+            if http2 {
+                reqwest::Version::HTTP_2
+            } else {
+                reqwest::Version::HTTP_11
+            }
+        );
+        let body = resp.text().await.unwrap().to_ascii_lowercase();
+        let port = setup.https.port();
+        assert!(body.contains("get /path?q=1 http/1.1"), "{body}");
+        assert!(
+            body.contains(&format!("host: shop.tenant.test:{port}\n")),
+            "{body}"
+        );
+        assert!(
+            body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+            "{body}"
+        );
+        assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+        assert!(!body.contains("x-forwarded-proto: http\n"), "{body}");
+        assert!(
+            body.contains(&format!("x-forwarded-host: shop.tenant.test:{port}\n")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misdirected_requests_get_421_and_http_gets_308() {
+    let setup = EdgeSetup::new();
+    let (_up, a) = upstream(setup.dir.path(), "a");
+    let _edge = setup.start(&setup.config(&[a], ""));
+    let client = setup.client_with(&["shop.tenant.test", "other.tenant.test"], |b| {
+        b.http1_only()
+    });
+
+    // Host (port stripped, any case) equal to the SNI: proxied.
+    let ok = client
+        .get(setup.url("shop.tenant.test", "/"))
+        .header("Host", "SHOP.tenant.test:1234")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    // Host naming another (allowed) tenant on this connection: 421.
+    let resp = client
+        .get(setup.url("shop.tenant.test", "/"))
+        .header("Host", "other.tenant.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 421);
+
+    let raw = http_raw(setup.http, "/a/b?c=d", "Shop.Tenant.test:80");
+    assert!(raw.starts_with("HTTP/1.1 308"), "{raw}");
+    let location = format!(
+        "location: https://shop.tenant.test:{}/a/b?c=d\r\n",
+        setup.https.port()
+    );
+    assert!(raw.to_ascii_lowercase().contains(&location), "{raw}");
+    let (status, _) = http_get(
+        setup.http,
+        "/.well-known/acme-challenge/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        "shop.tenant.test",
+    );
+    assert!(status.contains("404"), "{status}");
+    let (status, _) = http_get(
+        setup.http,
+        "/.well-known/acme-challenge/..%2F..%2Fetc",
+        "shop.tenant.test",
+    );
+    assert!(status.contains("400"), "{status}");
+
+    let m = setup.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_requests_refused_total",
+            &[("reason", "misdirected")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_http_requests_total",
+            &[("kind", "redirect")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_http_requests_total",
+            &[("kind", "challenge_miss")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_http_requests_total",
+            &[("kind", "bad_token")]
+        ),
+        1.0
+    );
+}
