@@ -68,6 +68,10 @@ impl DomainError {
 impl Domain {
     /// Parse and normalize a name (see the module docs for the rules).
     pub fn parse(input: &str) -> Result<Domain, DomainError> {
+        // Bounded before any other work: a 1 MB Host header costs one comparison, not IDNA.
+        if input.len() > MAX_NAME_LEN + 1 {
+            return Err(DomainError::TooLong);
+        }
         let trimmed = input.strip_suffix('.').unwrap_or(input);
         if trimmed.is_empty() {
             return Err(DomainError::Empty);
@@ -230,6 +234,15 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(Domain::parse(input), Err(want), "{input:?}");
         }
+    }
+
+    #[test]
+    fn huge_input_is_refused_before_idna() {
+        let huge = format!("{}.example", "ü".repeat(500_000));
+        let started = std::time::Instant::now();
+        assert_eq!(Domain::parse(&huge), Err(DomainError::TooLong));
+        assert!(started.elapsed() < std::time::Duration::from_millis(50));
+        assert_eq!(Domain::parse(&"a".repeat(255)), Err(DomainError::TooLong));
     }
 
     #[test]

@@ -8,18 +8,21 @@
 //! - `metrics`: the Prometheus families and the `label_set!` closed label sets.
 //! - `logging`: the logger and its rate limits.
 //! - `pg`: the PostgreSQL pool and LISTEN, shared by `allow::database` and `shared`.
+//! - `net`: address ranges and the PROXY protocol header.
 //!
 //! Features (own their settings types; never import `config`):
 //! - `allow` (`allow:`): may a name be served? Platform patterns, database, ask URL, the
 //!   decision cache, `explain`.
 //! - `limits` (`limits:`): issuance rate, concurrency, backoff, the per-domain budget, the
-//!   per-client buckets.
+//!   per-client buckets, connection caps.
 //! - `certs` (`tls:`, `issuer:`, `renewal:`, `provisioning:`): which certificate a name gets,
 //!   the stores, challenges, issuers (internal CA, ACME), maintenance.
 //! - `shared` (`store.shared:`): the PostgreSQL tables several hosts share, implementing the
 //!   traits `certs` declares.
-//! - `tls`: the handshake callbacks, the pre-TLS gate, the ClientHello parser.
-//! - `http` (`upstreams:`): the `ProxyHttp`, upstream pools, port 80, `/metrics`.
+//! - `tls`: before the handshake (PROXY protocol, admission, the gate), the handshake callbacks,
+//!   session tickets.
+//! - `http` (`upstreams:`, `timeouts:`, `forwarding:`): connections after the handshake, the
+//!   `ProxyHttp`, upstream pools, port 80, `/metrics`.
 //!
 //! On top: `config` (the YAML file, every error at once) builds the features' settings;
 //! `server` assembles a Pingora `Server`; `cli` holds one file per command, and `main.rs` is a
@@ -34,6 +37,7 @@ pub(crate) mod http;
 pub(crate) mod limits;
 pub(crate) mod logging;
 pub mod metrics;
+pub(crate) mod net;
 pub(crate) mod pg;
 pub mod server;
 pub mod shared;

@@ -1,11 +1,11 @@
-//! Logging: `env_logger` behind a thin filter that rate-limits Pingora's per-connection
-//! handshake error lines.
+//! Logging: `env_logger` behind a thin filter for Pingora's per-connection error lines.
 //!
-//! Pingora logs one ERROR line for every failed TLS handshake. A refused handshake is normal
-//! traffic for an on-demand edge (scanners, random SNI floods), so those lines are passed at
-//! most 10 per second, with a count of what was dropped; every refusal is still counted in
-//! `tenant_edge_tls_handshakes_total`. All other lines, including Pingora's accept errors, pass
-//! unchanged. `RUST_LOG` works as usual (default: `info`, with tokio-postgres' per-statement NOTICEs
+//! Pingora logs one ERROR line for every failed TLS handshake, every connection the pre-TLS
+//! step refused (limits, PROXY protocol, the client gate) and every HTTP/2 client that sent no
+//! valid preface. Those are normal traffic for an on-demand edge (scanners, random SNI floods),
+//! so they are logged at info, at most 10 per second, with a count of what was dropped; every
+//! refusal is still counted in the metrics. All other lines, including Pingora's accept errors,
+//! pass unchanged. `RUST_LOG` works as usual (default: `info`, with tokio-postgres' per-statement NOTICEs
 //! kept at `warn`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +64,21 @@ pub fn suppressed(dropped: u64) -> String {
     }
 }
 
+/// Pingora's line for a connection refused or failed before it carried a request.
+fn is_refused_connection(record: &log::Record<'_>) -> bool {
+    let starts = |prefix: &str| {
+        record.args().as_str().map_or_else(
+            || record.args().to_string().starts_with(prefix),
+            |s| s.starts_with(prefix),
+        )
+    };
+    match record.target() {
+        "pingora_core::services::listening" => starts("Downstream handshake"),
+        "pingora_core::apps" => starts("H2 handshake error"),
+        _ => false,
+    }
+}
+
 struct Filtered {
     inner: env_logger::Logger,
     handshakes: LogBudget,
@@ -78,24 +93,27 @@ impl log::Log for Filtered {
         if !self.inner.matches(record) {
             return;
         }
-        let is_handshake_error = record.target() == "pingora_core::services::listening"
-            && record.args().as_str().map_or_else(
-                || {
-                    record
-                        .args()
-                        .to_string()
-                        .starts_with("Downstream handshake")
-                },
-                |s| s.starts_with("Downstream handshake"),
-            );
-        if !is_handshake_error {
+        if !is_refused_connection(record) {
             return self.inner.log(record);
         }
+        // A refused or failed handshake is normal traffic for an on-demand edge: logged at
+        // info, at a bounded rate, never at error (every refusal is counted in the metrics).
         if let Some(dropped) = self.handshakes.take() {
-            if dropped > 0 {
-                log::warn!("{dropped} TLS handshake error lines were not logged (rate limit)");
+            let meta = log::Metadata::builder()
+                .level(log::Level::Info)
+                .target(record.target())
+                .build();
+            if self.inner.enabled(&meta) {
+                self.inner.log(
+                    &log::Record::builder()
+                        .metadata(meta)
+                        .args(format_args!("{}{}", record.args(), suppressed(dropped)))
+                        .module_path(record.module_path())
+                        .file(record.file())
+                        .line(record.line())
+                        .build(),
+                );
             }
-            self.inner.log(record);
         }
     }
 

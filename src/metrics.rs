@@ -26,6 +26,10 @@ macro_rules! label_set {
         $vis enum $name { $($(#[$vmeta])* $variant),+ }
 
         impl $name {
+            /// Every value of this set, in declaration order.
+            #[allow(dead_code)]
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
             /// Every label of this set, in declaration order.
             pub const LABELS: &'static [&'static str] = &[$($label),+];
 
@@ -64,6 +68,11 @@ pub struct ClosedSets {
     pub provision_kinds: &'static [&'static str],
     pub provision_outcomes: &'static [&'static str],
     pub notifications: &'static [&'static str],
+    pub connection_closes: &'static [&'static str],
+    pub listeners: &'static [&'static str],
+    pub protocols: &'static [&'static str],
+    pub feeds: &'static [&'static str],
+    pub challenge_lookups: &'static [&'static str],
 }
 
 /// `tls_handshakes_total{source}` of a handshake that got no certificate.
@@ -99,8 +108,8 @@ pub struct Metrics {
     pub provisioned: IntCounterVec,
     /// Tenant-change notifications (LISTEN). outcome: applied | ignored.
     pub notifications: IntCounterVec,
-    /// 1 while the LISTEN connection to PostgreSQL is up.
-    pub notify_connected: IntGauge,
+    /// 1 while the LISTEN connection to PostgreSQL is up. feed: tenants | certificates.
+    pub notify_connected: IntGaugeVec,
     /// issuer: internal | acme; outcome: success | failure.
     pub issuances: IntCounterVec,
     pub issuance_duration: HistogramVec,
@@ -119,6 +128,13 @@ pub struct Metrics {
     pub requests_refused: IntCounterVec,
     /// The plain-HTTP listener. kind: redirect | challenge_hit | challenge_miss | bad_token | bad_host.
     pub http_requests: IntCounterVec,
+    /// Where a CA's validation request found its answer. result: local | shared_hit |
+    /// shared_miss | skipped (not announced, not looked up).
+    pub challenge_lookups: IntCounterVec,
+    /// Connections the edge refused or closed. reason: a `CloseReason` label.
+    pub connections_closed: IntCounterVec,
+    /// Connections open now. listener: https | http; protocol: tls | http/1.1 | h2 | other.
+    pub connections_open: IntGaugeVec,
 }
 
 impl Metrics {
@@ -162,11 +178,6 @@ impl Metrics {
             "Certificates held in memory, ready for handshakes",
         )?;
         r.register(Box::new(certificates_cached.clone()))?;
-        let notify_connected = IntGauge::new(
-            "tenant_edge_notify_connected",
-            "1 while the LISTEN connection for tenant changes is up",
-        )?;
-        r.register(Box::new(notify_connected.clone()))?;
         let soonest_expiry = Gauge::new(
             "tenant_edge_certificate_soonest_expiry_timestamp_seconds",
             "Unix time of the earliest notAfter among certificates held in memory (0 when none)",
@@ -240,7 +251,12 @@ impl Metrics {
                 "Tenant-change notifications received over LISTEN, by outcome",
                 &["outcome"],
             )?,
-            notify_connected,
+            notify_connected: gauges(
+                &r,
+                "notify_connected",
+                "1 while the LISTEN connection to PostgreSQL is up and answering its probes",
+                &["feed"],
+            )?,
             acme_orders: counter(
                 &r,
                 "acme_orders_total",
@@ -313,6 +329,24 @@ impl Metrics {
                 "Requests on the plain-HTTP listener, by kind",
                 &["kind"],
             )?,
+            challenge_lookups: counter(
+                &r,
+                "challenge_lookups_total",
+                "ACME challenge answers looked up for a validation request, by where",
+                &["result"],
+            )?,
+            connections_closed: counter(
+                &r,
+                "connections_closed_total",
+                "Connections the edge refused or closed (timeouts, limits), by reason",
+                &["reason"],
+            )?,
+            connections_open: gauges(
+                &r,
+                "connections_open",
+                "Client connections open now, by listener and protocol",
+                &["listener", "protocol"],
+            )?,
             registry: r,
         };
         Ok(metrics)
@@ -361,6 +395,17 @@ impl Metrics {
         }
         zero(&self.provisioned, sets.provision_outcomes);
         zero(&self.notifications, sets.notifications);
+        zero(&self.connections_closed, sets.connection_closes);
+        zero(&self.challenge_lookups, sets.challenge_lookups);
+        for feed in sets.feeds {
+            self.notify_connected.with_label_values(&[feed]);
+        }
+        for listener in sets.listeners {
+            for protocol in sets.protocols {
+                self.connections_open
+                    .with_label_values(&[listener, protocol]);
+            }
+        }
     }
 
     /// Create the per-pool series at zero (pool names come from the config).

@@ -49,6 +49,8 @@ pub struct DatabaseSettings {
     pub notify_channel: String,
     /// How often the whole allow-list is read for pre-provisioning (a safety net for NOTIFY).
     pub scan_interval: Duration,
+    /// How often the LISTEN connection is asked a round trip (a silently dead one is replaced).
+    pub notify_probe: Duration,
     pub timeout: Duration,
     pub pool_size: usize,
 }
@@ -396,6 +398,7 @@ mod tests {
             list_query: DEFAULT_LIST_QUERY.into(),
             notify_channel: DEFAULT_NOTIFY_CHANNEL.into(),
             scan_interval: Duration::from_secs(600),
+            notify_probe: Duration::from_secs(30),
             timeout: Duration::from_secs(1),
             pool_size: 2,
         }

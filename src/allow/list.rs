@@ -283,6 +283,18 @@ impl AllowList {
         self.platform_match(name).is_some() || self.shared.answers.contains_key(name)
     }
 
+    /// The decision for `name` if one is known without any I/O: a platform domain, no dynamic
+    /// source at all, or a cached answer.
+    pub fn cached(&self, name: &Domain) -> Option<Decision> {
+        if self.platform_match(name).is_some() {
+            return Some(Decision::Allowed(Source::Platform));
+        }
+        if self.shared.sources.is_empty() {
+            return Some(Decision::Denied);
+        }
+        self.shared.answers.get(name)
+    }
+
     /// Join the lookup in progress for `name`, or start one.
     fn join_or_start(&self, name: &Domain) -> Joined {
         let mut lookups = self.shared.lock_lookups();

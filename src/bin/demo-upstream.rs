@@ -1,6 +1,7 @@
 //! A tiny HTTP/1.1 upstream for `make run`, the tests and the load benchmarks: it answers every
 //! request with a short text naming itself and echoing the request line and headers, keeps
-//! connections alive, and answers `/up` with `OK` (the health-check path).
+//! connections alive, answers `/up` with `OK` (the health-check path) and `/bytes/<n>` with n
+//! bytes (for slow-reader tests).
 //!
 //! Usage: `demo-upstream [--listen 127.0.0.1:3000] [--name app]`
 
@@ -71,6 +72,9 @@ async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
         let request_line = head.first().cloned().unwrap_or_default();
         let text = if request_line.starts_with("GET /up ") {
             "OK\n".to_string()
+        } else if let Some(n) = bytes_asked(&request_line) {
+            // `GET /bytes/<n>`: a body of n bytes (at most 256 MiB), to test slow readers.
+            "x".repeat(n.min(256 << 20))
         } else {
             let mut t = format!("upstream: {name}\n");
             for h in &head {
@@ -89,4 +93,10 @@ async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// `n` of a `GET /bytes/<n> HTTP/1.1` request line.
+fn bytes_asked(request_line: &str) -> Option<usize> {
+    let path = request_line.strip_prefix("GET /bytes/")?;
+    path.split(' ').next()?.parse().ok()
 }

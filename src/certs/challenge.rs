@@ -10,18 +10,25 @@
 //!
 //! With several hosts (`store.shared`), a response is also written to the shared store
 //! ([`SharedChallenges`], implemented by `shared`) *before* the CA is told to validate, because
-//! the CA's request may land on any host; readers look in memory first, then in the shared
-//! store.
+//! the CA's request may land on any host, and the host that wrote it announces it (NOTIFY).
+//! Readers look in memory first, then in the shared store, but only for a token or name that
+//! was announced: a stranger's made-up token costs no query. While the announcements cannot be
+//! heard (the LISTEN connection is down), unannounced entries are looked up at a small bounded
+//! rate, and a miss is remembered for a while.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use crate::metrics::{label_set, Metrics};
+use crate::util::bucket::TokenBucket;
+
 use crate::certs::certificate::{BundleError, CertifiedKey};
-use crate::certs::store::RemoteError;
 use crate::domain::Domain;
+use crate::util::error::RemoteError;
 
 /// Challenge responses kept where every host can read them (several hosts). Absent or expired
 /// is `Ok(None)`; an entry lives until deleted or `ttl` after it was put, whichever is first.
@@ -46,12 +53,48 @@ pub trait SharedChallenges: Send + Sync {
     async fn delete_tls_alpn01(&self, name: &Domain) -> Result<(), RemoteError>;
 }
 
+label_set! {
+    /// `tenant_edge_challenge_lookups_total{result}`: where a validation request's answer was
+    /// looked for. `skipped`: not announced by any host, so not looked up in the shared store.
+    pub enum LookupResult {
+        Local => "local",
+        SharedHit => "shared_hit",
+        SharedMiss => "shared_miss",
+        Skipped => "skipped",
+    }
+}
+
+/// The challenge kinds, as they are announced (`http-01:<token>`, `tls-alpn-01:<name>`).
+pub const HTTP01: &str = "http-01";
+pub const TLS_ALPN01: &str = "tls-alpn-01";
+
+/// Announcements and misses remembered at once.
+const REMEMBERED: u64 = 10_000;
+/// Lookups of unannounced entries while the announcements cannot be heard: at most this many
+/// at once, one more per second.
+const BLIND_BURST: u32 = 10;
+
 /// Both challenge stores.
-#[derive(Default)]
 pub struct Challenges {
     http01: RwLock<HashMap<String, String>>,
     tls_alpn01: RwLock<HashMap<Domain, Arc<CertifiedKey>>>,
     shared: Option<Arc<dyn SharedChallenges>>,
+    /// `kind:id` of the challenges other hosts announced (for as long as such a response
+    /// lives in the shared store).
+    announced: moka::sync::Cache<String, ()>,
+    /// Entries looked up while deaf and not found (remembered a little while).
+    missed: moka::sync::Cache<String, ()>,
+    /// Whether the announcements can be heard now.
+    hearing: AtomicBool,
+    blind: Mutex<TokenBucket>,
+    metrics: Arc<Metrics>,
+}
+
+#[cfg(test)]
+impl Default for Challenges {
+    fn default() -> Self {
+        Challenges::new(None, Arc::new(Metrics::new().unwrap()))
+    }
 }
 
 /// How long a published response stays valid in the shared store if its guard never runs
@@ -67,34 +110,114 @@ pub fn is_valid_token(token: &str) -> bool {
 }
 
 impl Challenges {
-    /// Challenges shared with the other hosts through `shared`.
-    pub fn with_shared(shared: Arc<dyn SharedChallenges>) -> Challenges {
+    /// Challenges of this host, shared with the other hosts through `shared` when given.
+    pub fn new(shared: Option<Arc<dyn SharedChallenges>>, metrics: Arc<Metrics>) -> Challenges {
+        let remembered = |ttl| {
+            moka::sync::Cache::builder()
+                .max_capacity(REMEMBERED)
+                .time_to_live(ttl)
+                .build()
+        };
         Challenges {
-            shared: Some(shared),
-            ..Challenges::default()
+            http01: RwLock::default(),
+            tls_alpn01: RwLock::default(),
+            shared,
+            announced: remembered(SHARED_TTL),
+            missed: remembered(Duration::from_secs(10)),
+            hearing: AtomicBool::new(false),
+            blind: Mutex::new(TokenBucket::full(BLIND_BURST, Instant::now())),
+            metrics,
         }
     }
 
-    /// The key authorization for `token`: this host's orders first, then the other hosts'.
+    /// Another host published a challenge: `payload` is `kind:id`.
+    pub fn announce(&self, payload: &str) {
+        let known_kind = payload
+            .split_once(':')
+            .is_some_and(|(kind, id)| (kind == HTTP01 || kind == TLS_ALPN01) && id.len() <= 255);
+        if known_kind {
+            self.missed.invalidate(payload);
+            self.announced.insert(payload.to_string(), ());
+        }
+    }
+
+    /// Whether the announcements can be heard (the LISTEN connection is up).
+    pub fn set_hearing(&self, hearing: bool) {
+        self.hearing.store(hearing, Ordering::Release);
+    }
+
+    fn count(&self, result: LookupResult) {
+        self.metrics
+            .challenge_lookups
+            .with_label_values(&[result.label()])
+            .inc();
+    }
+
+    /// Whether `key` (`kind:id`) may be looked up in the shared store now.
+    fn worth_asking(&self, key: &str) -> bool {
+        if self.announced.contains_key(key) {
+            return true;
+        }
+        if self.hearing.load(Ordering::Acquire) || self.missed.contains_key(key) {
+            return false;
+        }
+        let mut blind = self.blind.lock().unwrap_or_else(|p| p.into_inner());
+        blind
+            .try_take(Duration::from_secs(1), BLIND_BURST, Instant::now())
+            .is_ok()
+    }
+
+    /// The shared store, if `kind:id` is worth asking it about; counts the decision.
+    fn shared_for(&self, kind: &str, id: &str) -> Option<(&Arc<dyn SharedChallenges>, String)> {
+        let shared = self.shared.as_ref()?;
+        let key = format!("{kind}:{id}");
+        if self.worth_asking(&key) {
+            Some((shared, key))
+        } else {
+            self.count(LookupResult::Skipped);
+            None
+        }
+    }
+
+    fn shared_result<T>(&self, key: String, found: Option<T>) -> Option<T> {
+        if found.is_some() {
+            self.count(LookupResult::SharedHit);
+        } else {
+            self.count(LookupResult::SharedMiss);
+            if !self.announced.contains_key(&key) {
+                self.missed.insert(key, ());
+            }
+        }
+        found
+    }
+
+    /// The key authorization for `token`: this host's orders first, then the other hosts'
+    /// announced ones.
     pub async fn find_http01(&self, token: &str) -> Option<String> {
         if let Some(found) = self.http01(token) {
+            self.count(LookupResult::Local);
             return Some(found);
         }
-        match self.shared.as_ref()?.http01(token).await {
+        let (shared, key) = self.shared_for(HTTP01, token)?;
+        let found = match shared.http01(token).await {
             Ok(found) => found,
             Err(e) => {
                 log::warn!("HTTP-01 lookup in the shared store failed: {e}");
                 None
             }
-        }
+        };
+        self.shared_result(key, found)
     }
 
-    /// The TLS-ALPN-01 certificate for `name`: this host's orders first, then the other hosts'.
+    /// The TLS-ALPN-01 certificate for `name`: this host's orders first, then the other hosts'
+    /// announced ones.
     pub async fn find_tls_alpn01(&self, name: &Domain) -> Option<Arc<CertifiedKey>> {
         if let Some(found) = self.tls_alpn01(name) {
+            self.count(LookupResult::Local);
             return Some(found);
         }
-        match self.shared.as_ref()?.tls_alpn01(name).await {
+        let (shared, key) = self.shared_for(TLS_ALPN01, name.as_str())?;
+        let found = match shared.tls_alpn01(name).await {
             Ok(Some(bundle)) => CertifiedKey::from_bundle(&bundle, Some(name))
                 .ok()
                 .map(Arc::new),
@@ -103,7 +226,8 @@ impl Challenges {
                 log::warn!("TLS-ALPN-01 lookup in the shared store failed: {e}");
                 None
             }
-        }
+        };
+        self.shared_result(key, found)
     }
 
     /// Publish an HTTP-01 response here and, with several hosts, in the shared store (awaited:
@@ -157,6 +281,17 @@ impl Challenges {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Whether a TLS-ALPN-01 validation of `name` is expected: this host or another one
+    /// published a response for it. Memory only.
+    pub fn awaits_tls_alpn01(&self, name: &Domain) -> bool {
+        let local = self
+            .tls_alpn01
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(name);
+        local || self.announced.contains_key(&format!("{TLS_ALPN01}:{name}"))
     }
 
     /// Publish an HTTP-01 response until the guard is dropped.

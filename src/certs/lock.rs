@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::certs::store::RemoteError;
 use crate::domain::Domain;
+use crate::util::error::RemoteError;
 
 /// Leases on names, visible to every host, and the announcement of a new certificate.
 ///

@@ -76,11 +76,20 @@ label_set! {
     }
 }
 
+/// What a feed reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// This name changed.
+    Name(Domain),
+    /// The feed (re)connected: changes made while it was down were missed.
+    Resync,
+}
+
 /// A stream of names that changed elsewhere (tenant changes over LISTEN, certificates issued on
 /// another host). Called once, inside the maintenance service's runtime; the future it returns
-/// sends names until the receiver is gone and reconnects on its own.
+/// sends changes until the receiver is gone and reconnects on its own.
 pub type Feed =
-    Box<dyn Fn(mpsc::Sender<Domain>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+    Box<dyn Fn(mpsc::Sender<Change>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// What the maintenance loop listens to and reads, besides the manager.
 #[derive(Default)]
@@ -309,14 +318,14 @@ fn pacing_interval(p: &ProvisioningSettings) -> Duration {
 #[async_trait]
 impl BackgroundService for Maintenance {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let (tx, mut notified) = mpsc::channel::<Domain>(4096);
+        let (tx, mut notified) = mpsc::channel::<Change>(4096);
         let _listener = self
             .inputs
             .tenant_changes
             .as_ref()
             .map(|feed| AbortOnDrop(tokio::spawn(feed(tx.clone()))));
         drop(tx);
-        let (issued_tx, mut issued) = mpsc::channel::<Domain>(4096);
+        let (issued_tx, mut issued) = mpsc::channel::<Change>(4096);
         let _issued_listener = self
             .inputs
             .issued_elsewhere
@@ -362,25 +371,34 @@ impl BackgroundService for Maintenance {
             let sleep = sleep.max(Duration::from_millis(200));
             tokio::select! {
                 _ = shutdown.changed() => return,
-                Some(name) = notified.recv() => {
+                Some(change) = notified.recv() => {
                     // Apply every pending notification, then go round the loop at once.
-                    let mut names = vec![name];
+                    let mut changes = vec![change];
                     while let Ok(more) = notified.try_recv() {
-                        names.push(more);
+                        changes.push(more);
                     }
-                    for name in names {
-                        self.manager.allow_list().forget(&name);
-                        log::info!("{name}: tenant change notified; decision dropped");
-                        if self.provisioning.enabled {
-                            enqueue(&mut state, name);
+                    for change in changes {
+                        match change {
+                            Change::Name(name) => {
+                                self.manager.allow_list().forget(&name);
+                                log::info!("{name}: tenant change notified; decision dropped");
+                                if self.provisioning.enabled {
+                                    enqueue(&mut state, name);
+                                }
+                            }
+                            // Changes made while the feed was down were missed: read the
+                            // whole list now.
+                            Change::Resync => state.next_scan = Instant::now(),
                         }
                     }
                 }
-                Some(name) = issued.recv() => {
-                    // Another host issued or renewed `name`: drop our copy, the next handshake
-                    // loads the new one from the shared store.
-                    self.manager.evict(&name);
-                    log::info!("{name}: a certificate was issued on another host; reloading");
+                Some(change) = issued.recv() => {
+                    // Another host issued or renewed a certificate: drop our copy, the next
+                    // handshake loads the new one from the shared store.
+                    if let Change::Name(name) = change {
+                        self.manager.evict(&name);
+                        log::info!("{name}: a certificate was issued on another host; reloading");
+                    }
                 }
                 _ = tokio::time::sleep(sleep) => {}
             }

@@ -30,7 +30,7 @@ use crate::certs::issuer::{IssueError, IssueOutcome, Issuer, KeyType};
 use crate::certs::lock::SharedLock;
 use crate::certs::store::{CertMeta, Store, StoredCert};
 use crate::domain::{Domain, DomainError};
-use crate::limits::issuance::{Limited, Limits};
+use crate::limits::issuance::{Limited, Limits, OrderPermit};
 use crate::metrics::{label_set, Metrics};
 use crate::util::task::AbortOnDrop;
 use crate::util::time::unix_now;
@@ -140,6 +140,8 @@ pub struct HandshakeSettings {
     pub issue_timeout: Duration,
     /// Parsed certificates kept in memory.
     pub cache_capacity: u64,
+    /// How often the session-ticket key changes (`tls::tickets`).
+    pub ticket_key_rotation: Duration,
 }
 
 pub struct ManagerSettings {
@@ -309,6 +311,12 @@ impl CertManager {
 
     pub fn allow_list(&self) -> &Arc<AllowList> {
         &self.allow
+    }
+
+    /// The allow-list's answer for `name` if it has one without any I/O: `Some(true)` for a
+    /// platform domain or a cached yes, `Some(false)` for a cached no, `None` otherwise.
+    pub fn cached_decision(&self, name: &Domain) -> Option<bool> {
+        self.allow.cached(name).map(Decision::is_allowed)
     }
 
     /// The memory cache alone: a certificate that is valid now, or `None`.
@@ -485,18 +493,17 @@ impl CertManager {
         result
     }
 
-    /// Place a new order (or, with `old`, a renewal replacing it) within the limits; save and
-    /// return the certificate.
-    async fn issue(&self, name: &Domain, old: Option<&Arc<CertifiedKey>>) -> Outcome {
-        let kind = self.issuer.kind().label();
-        // The global rate and the concurrency cap are "not yet": wait for a slot, up to the
-        // handshake's own patience (the fill task outlives the handshake anyway). Backoff and
-        // the weekly budget are "not now": refuse at once.
+    /// Permission for one order of `name` from the limits. The global rate and the concurrency
+    /// cap are "not yet": wait for a slot, up to the handshake's own patience (the fill task
+    /// outlives the handshake anyway). Backoff, the weekly budget and the account budget are
+    /// "not now": refuse at once. Every refusal is counted and logged.
+    async fn permit(&self, name: &Domain, renewal: bool) -> Result<OrderPermit, Refusal> {
         let patient_until = Instant::now() + self.settings.issue_timeout;
-        let permit = loop {
-            let attempt = match old {
-                Some(_) => self.limits.try_acquire_renewal(name),
-                None => self.limits.try_acquire(name),
+        let attempt = loop {
+            let attempt = if renewal {
+                self.limits.try_acquire_renewal(name)
+            } else {
+                self.limits.try_acquire(name)
             };
             let wait = match &attempt {
                 Err(Limited::Rate { retry_in, .. }) => Some(*retry_in),
@@ -510,22 +517,34 @@ impl CertManager {
                 _ => break attempt,
             }
         };
-        let permit = match permit {
-            Ok(permit) => permit,
-            Err(limited) => {
-                self.metrics
-                    .issuances_limited
-                    .with_label_values(&[limited.kind()])
-                    .inc();
-                match self.last_errors.get(name) {
-                    Some(last) => {
-                        log::warn!("{name}: {limited}; the last order failed with: {last}")
-                    }
-                    None => log::warn!("{name}: {limited}"),
+        let charged = match attempt {
+            Ok(permit) => match self.limits.charge_account(&permit, renewal).await {
+                Ok(()) => Ok(permit),
+                Err(limited) => {
+                    permit.abandon();
+                    Err(limited)
                 }
-                return Err(Refusal::Limited(limited));
-            }
+            },
+            Err(limited) => Err(limited),
         };
+        charged.map_err(|limited| {
+            self.metrics
+                .issuances_limited
+                .with_label_values(&[limited.kind()])
+                .inc();
+            match self.last_errors.get(name) {
+                Some(last) => log::warn!("{name}: {limited}; the last order failed with: {last}"),
+                None => log::warn!("{name}: {limited}"),
+            }
+            Refusal::Limited(limited)
+        })
+    }
+
+    /// Place a new order (or, with `old`, a renewal replacing it) within the limits; save and
+    /// return the certificate.
+    async fn issue(&self, name: &Domain, old: Option<&Arc<CertifiedKey>>) -> Outcome {
+        let kind = self.issuer.kind().label();
+        let permit = self.permit(name, old.is_some()).await?;
         let started = Instant::now();
         let issued = match old {
             Some(old) => self.issuer.renew(name, old).await,

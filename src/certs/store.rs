@@ -16,10 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Domain;
 use crate::util::fs::FileError;
 
-/// An error of a remote backend (the shared PostgreSQL store), as the traits of `certs` see it:
-/// something to log with its message; the backend's own error type stays in the backend.
-pub type RemoteError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{op} {path}: {source}")]

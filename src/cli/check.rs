@@ -15,6 +15,7 @@ use clap::Args;
 
 use crate::allow::ask::AskUrl;
 use crate::allow::database::PgAllowList;
+use crate::allow::pattern::NamePattern;
 use crate::certs::issuer::acme::settings::AcmeSettings;
 use crate::certs::store::Store;
 use crate::config::issuer::IssuerConfig;
@@ -137,6 +138,7 @@ pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
         path.display().to_string(),
         "the configuration is valid",
     )];
+    out.extend(wildcard_warnings(&config));
     if probes.ports {
         for (key, addr) in config.listen.all() {
             out.push(probe_port(key, *addr));
@@ -174,6 +176,33 @@ pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// A platform wildcard with an ACME issuer lets anyone make up names that become orders with
+/// the CA: bounded by the per-client gate and the account budget, but worth knowing.
+fn wildcard_warnings(config: &Config) -> Vec<Finding> {
+    if !matches!(config.issuer, IssuerConfig::Acme(_)) {
+        return Vec::new();
+    }
+    config
+        .allow
+        .platform_domains
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p, NamePattern::Below(_)))
+        .map(|(i, p)| {
+            finding(
+                Level::Warn,
+                format!("allow.platform_domains[{i}] {p}"),
+                format!(
+                    "with an ACME issuer every made-up name below {} is allowed and ordered on its first handshake; \
+                     each client may try limits.clients.new_names_burst such names and all orders share \
+                     limits.issuance.orders_per_3h, but list the platform's names exactly where you can",
+                    p.base()
+                ),
+            )
+        })
+        .collect()
 }
 
 /// The database query, the ask URL and the ACME directory, each with what to do on failure.

@@ -104,12 +104,19 @@ fn build_database(d: &raw::Database, errs: &mut Errors<'_>) -> Option<DatabaseSe
         &d.scan_interval,
         secs(600),
     );
+    let notify_probe = opt_duration(
+        errs,
+        "allow.database.notify_probe",
+        &d.notify_probe,
+        secs(30),
+    );
     Some(DatabaseSettings {
         url: url?,
         query: query?,
         list_query: list_query?,
         notify_channel: notify_channel?,
         scan_interval: scan_interval?,
+        notify_probe: notify_probe?,
         timeout: timeout?,
         pool_size: pool_size?,
     })

@@ -14,6 +14,9 @@ pub struct Listen {
     pub metrics: Option<SocketAddr>,
     /// Port written into `http → https` redirects (omitted from the URL when 443).
     pub redirect_https_port: u16,
+    /// The `https` and `http` addresses where every connection starts with a PROXY protocol
+    /// header (`{address: ..., proxy_protocol: true}`).
+    pub proxy_protocol: Vec<SocketAddr>,
 }
 
 impl Listen {
@@ -27,9 +30,70 @@ impl Listen {
     }
 }
 
+/// One listener entry: `IP:port`, or `{address: IP:port, proxy_protocol: true}`.
+fn entry(
+    errs: &mut Errors<'_>,
+    path: &str,
+    v: &Value,
+    proxy: &mut Vec<SocketAddr>,
+) -> Option<SocketAddr> {
+    let Value::Mapping(map) = v else {
+        return errs.addr(path, v);
+    };
+    let mut addr = None;
+    let mut with_proxy = false;
+    for (k, val) in map {
+        match k.as_str() {
+            Some("address") => addr = errs.addr(&format!("{path}.address"), val),
+            Some("proxy_protocol") => match val {
+                Value::Bool(b) => with_proxy = *b,
+                _ => errs.push(
+                    &format!("{path}.proxy_protocol"),
+                    Some(val),
+                    "expected true or false",
+                ),
+            },
+            _ => errs.push(
+                &format!("{path}.{}", k.as_str().unwrap_or("?")),
+                None,
+                "unknown key (a listener has address and proxy_protocol)",
+            ),
+        }
+    }
+    if !map.contains_key("address") {
+        errs.push(
+            &format!("{path}.address"),
+            None,
+            "is required, for example 0.0.0.0:443",
+        );
+    }
+    if let (Some(a), true) = (addr, with_proxy) {
+        proxy.push(a);
+    }
+    addr
+}
+
+/// One entry or a list of them.
+fn entries(
+    errs: &mut Errors<'_>,
+    path: &str,
+    v: &Value,
+    proxy: &mut Vec<SocketAddr>,
+) -> Vec<SocketAddr> {
+    match v {
+        Value::Sequence(items) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| entry(errs, &format!("{path}[{i}]"), item, proxy))
+            .collect(),
+        _ => entry(errs, path, v, proxy).into_iter().collect(),
+    }
+}
+
 pub fn build(raw: &raw::Listen, errs: &mut Errors<'_>) -> Option<Listen> {
+    let mut proxy_protocol = Vec::new();
     let https = match &raw.https {
-        Some(v) => errs.addrs("listen.https", v),
+        Some(v) => entries(errs, "listen.https", v, &mut proxy_protocol),
         None => {
             errs.push(
                 "listen.https",
@@ -42,7 +106,7 @@ pub fn build(raw: &raw::Listen, errs: &mut Errors<'_>) -> Option<Listen> {
     let http = raw
         .http
         .as_ref()
-        .map(|v| errs.addrs("listen.http", v))
+        .map(|v| entries(errs, "listen.http", v, &mut proxy_protocol))
         .unwrap_or_default();
     let metrics = raw
         .metrics
@@ -59,6 +123,7 @@ pub fn build(raw: &raw::Listen, errs: &mut Errors<'_>) -> Option<Listen> {
         http,
         metrics,
         redirect_https_port: redirect_https_port.unwrap_or(443),
+        proxy_protocol,
     };
     let mut seen = Vec::new();
     for (key, a) in listen.all() {

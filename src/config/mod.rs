@@ -8,13 +8,14 @@
 //! and no module below this one imports it: features take their own settings types.
 //!
 //! Sections, one file each: `listen`, `server`, `tls`, `allow`, `issuer`, `upstreams`,
-//! `limits`, `renewal` (with `provisioning`), `store`.
+//! `limits`, `renewal` (with `provisioning`), `store`, `timeouts`, `forwarding`.
 //!
 //! Secrets may come from the environment: any string value may contain `${NAME}`, which is
 //! replaced by the variable's value (a missing variable is an error naming it and the key).
 
 pub mod allow;
 pub mod errors;
+pub mod forwarding;
 pub mod issuer;
 pub mod limits;
 pub mod listen;
@@ -22,11 +23,13 @@ pub mod raw;
 pub mod renewal;
 pub mod server;
 pub mod store;
+pub mod timeouts;
 pub mod tls;
 pub mod upstreams;
 pub mod values;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::allow::AllowSettings;
 use crate::certs::maintain::{ProvisioningSettings, RenewalSettings};
@@ -37,6 +40,8 @@ use crate::config::limits::LimitsConfig;
 use crate::config::listen::Listen;
 use crate::config::server::ServerSettings;
 use crate::config::values::{format_ignored, Errors};
+use crate::http::forwarded::ForwardingSettings;
+use crate::http::timeouts::TimeoutSettings;
 use crate::http::upstream::UpstreamsSettings;
 use crate::shared::SharedSettings;
 
@@ -55,6 +60,10 @@ pub struct Config {
     pub provisioning: ProvisioningSettings,
     /// `None`: one host, the disk store alone.
     pub shared_store: Option<SharedSettings>,
+    pub timeouts: TimeoutSettings,
+    pub forwarding: ForwardingSettings,
+    /// How long a trusted balancer may take to send its PROXY protocol header.
+    pub proxy_protocol_timeout: Duration,
 }
 
 impl Config {
@@ -157,6 +166,18 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
         None => Some(None),
         Some(sh) => store::build(sh, errs).map(Some),
     };
+    let timeouts = timeouts::build(&raw.timeouts, errs);
+    let forwarding = forwarding::build(&raw.forwarding, errs);
+    if let (Some(l), Some((f, _))) = (&listen, &forwarding) {
+        if !l.proxy_protocol.is_empty() && f.trusted_proxies.is_empty() {
+            errs.push(
+                "forwarding.trusted_proxies",
+                None,
+                "is required with proxy_protocol listeners: the load balancers allowed to send PROXY headers",
+            );
+        }
+    }
+    let (forwarding, proxy_protocol_timeout) = forwarding.unzip();
     Some(Config {
         data_dir: data_dir?,
         listen: listen?,
@@ -169,6 +190,9 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
         renewal: renewal?,
         provisioning: provisioning?,
         shared_store: shared_store?,
+        timeouts: timeouts?,
+        forwarding: forwarding?,
+        proxy_protocol_timeout: proxy_protocol_timeout?,
     })
 }
 

@@ -33,6 +33,37 @@ pub struct File {
     pub provisioning: Provisioning,
     #[serde(default)]
     pub store: Store,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub forwarding: Forwarding,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Timeouts {
+    pub header: Leaf,
+    pub idle: Leaf,
+    pub h2_idle: Leaf,
+    pub h2_preface: Leaf,
+    pub body: Leaf,
+    pub send: Leaf,
+    pub tcp_keepalive: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+pub struct Forwarding {
+    pub trusted_proxies: Option<Vec<Value>>,
+    pub proxy_protocol_timeout: Leaf,
+}
+
+#[derive(Deserialize, Default)]
+pub struct ConnectionLimits {
+    pub max: Leaf,
+    pub per_client: Leaf,
+    pub ipv6_prefix_len: Leaf,
+    pub h2_streams: Leaf,
+    pub requests_per_connection: Leaf,
+    pub resets_per_connection: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -47,6 +78,7 @@ pub struct Shared {
     pub migrate_on_start: Leaf,
     pub lock_lease: Leaf,
     pub timeout: Leaf,
+    pub notify_probe: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -65,6 +97,7 @@ pub struct Provisioning {
 pub struct Limits {
     pub issuance: Option<IssuanceLimits>,
     pub clients: Option<ClientLimits>,
+    pub connections: Option<ConnectionLimits>,
 }
 
 #[derive(Deserialize, Default)]
@@ -75,6 +108,8 @@ pub struct IssuanceLimits {
     pub backoff_initial: Leaf,
     pub backoff_max: Leaf,
     pub budget_per_week: Leaf,
+    pub orders_per_3h: Leaf,
+    pub renewal_reserve: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -111,6 +146,7 @@ pub struct Tls {
     pub key_type: Leaf,
     pub issue_timeout: Leaf,
     pub cache_capacity: Leaf,
+    pub ticket_key_rotation: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -129,6 +165,7 @@ pub struct Database {
     pub list_query: Leaf,
     pub notify_channel: Leaf,
     pub scan_interval: Leaf,
+    pub notify_probe: Leaf,
     pub timeout: Leaf,
     pub pool_size: Leaf,
 }

@@ -60,11 +60,18 @@ pub fn build(sh: &raw::Shared, errs: &mut Errors<'_>) -> Option<SharedSettings> 
     };
     let lock_lease = opt_duration(errs, "store.shared.lock_lease", &sh.lock_lease, secs(120));
     let timeout = opt_duration(errs, "store.shared.timeout", &sh.timeout, secs(5));
+    let notify_probe = opt_duration(
+        errs,
+        "store.shared.notify_probe",
+        &sh.notify_probe,
+        secs(30),
+    );
     Some(SharedSettings {
         url: url?,
         encryption_key: encryption_key?,
         migrate_on_start: migrate_on_start?,
         lock_lease: lock_lease?,
         timeout: timeout?,
+        notify_probe: notify_probe?,
     })
 }

@@ -35,10 +35,26 @@ pub fn build(t: &raw::Tls, errs: &mut Errors<'_>) -> Option<HandshakeSettings> {
     let cache_capacity = t.cache_capacity.as_ref().map_or(Some(100_000), |v| {
         errs.uint("tls.cache_capacity", v, 1, 100_000_000)
     });
+    let rotation = opt_duration(
+        errs,
+        "tls.ticket_key_rotation",
+        &t.ticket_key_rotation,
+        secs(12 * 3600),
+    );
+    if let Some(r) = rotation {
+        if r > secs(24 * 3600) {
+            errs.push(
+                "tls.ticket_key_rotation",
+                t.ticket_key_rotation.as_ref(),
+                "must be at most 24h: resumed sessions are only as forward-secret as their key is short-lived",
+            );
+        }
+    }
     Some(HandshakeSettings {
         default_name,
         key_type: key_type?,
         issue_timeout: issue_timeout?,
         cache_capacity: cache_capacity?,
+        ticket_key_rotation: rotation?,
     })
 }

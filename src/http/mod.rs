@@ -1,14 +1,24 @@
 //! HTTP (what happens to a request once TLS is done, and on port 80).
 //!
+//! - `conn`: one client connection after its handshake (port 80's PROXY protocol and
+//!   admission, the HTTP/2 preface timeout, killed connections).
+//! - `app`: the HTTP application around the proxy (request-head deadlines, HTTP/2 stream
+//!   limits and body timeouts).
 //! - `proxy`: Pingora's `ProxyHttp` for HTTPS requests: Host checks, the per-request allow-list
-//!   re-check, upstream selection, `X-Forwarded-*` headers.
+//!   re-check, upstream selection.
+//! - `forwarded` (`forwarding:`): the forwarding headers the app can trust.
+//! - `timeouts` (`timeouts:`): how long a client may take.
 //! - `upstream`: pools of backends (kamal-proxy), load balancing, health checks, routes.
 //! - `host`: the request's host, from `:authority` or `Host`.
 //! - `plain`: port 80 (ACME HTTP-01 answers, everything else redirected to https).
 //! - `metrics`: the `/metrics` listener.
 
+pub mod app;
+pub mod conn;
+pub mod forwarded;
 pub mod host;
 pub mod metrics;
 pub mod plain;
 pub mod proxy;
+pub mod timeouts;
 pub mod upstream;

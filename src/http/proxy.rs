@@ -1,11 +1,13 @@
 //! The HTTPS side: Pingora's `ProxyHttp` for requests that arrived over TLS.
 //!
+//! `early_request_filter` bounds the client's waits for this request (body, send). Then
 //! `request_filter` handles the special cases first, each answered by the edge itself:
 //! no Host (400), a Host that is not the connection's TLS name (421, RFC 9110 §15.5.20),
 //! a name that is no longer allowed (421; resumed sessions skip the certificate callback,
 //! so the allow-list is re-checked per request). Then the normal path: pick the pool by Host,
-//! a healthy backend (retrying a connect failure once on another backend), forward with
-//! `X-Forwarded-*`. Shared state lives on `&self`; per-request state in `RequestCtx`.
+//! a healthy backend (retrying a connect failure once on another backend), forward with the
+//! forwarding headers `http::forwarded` writes. Shared state lives on `&self`; per-request
+//! state in `RequestCtx`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,9 +22,14 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::certs::manager::CertManager;
 use crate::domain::Domain;
+use crate::http::app::BodyClock;
+use crate::http::forwarded::{self, ForwardingSettings};
 use crate::http::host::{request_host, strip_port};
+use crate::http::timeouts::TimeoutSettings;
 use crate::http::upstream::Upstreams;
+use crate::limits::connections::{CloseReason, Connections};
 use crate::metrics::{label_set, status_class, Metrics};
+use crate::tls::accept::connection_key;
 use crate::tls::handshake::ConnName;
 
 label_set! {
@@ -38,6 +45,15 @@ pub struct EdgeProxy {
     manager: Arc<CertManager>,
     upstreams: Arc<Upstreams>,
     metrics: Arc<Metrics>,
+    /// What the per-request settings need besides the proxy's core parts.
+    pub policy: ClientPolicy,
+}
+
+/// How the proxy treats a client: its timeouts, whom it trusts, its connection limits.
+pub struct ClientPolicy {
+    pub timeouts: TimeoutSettings,
+    pub forwarding: ForwardingSettings,
+    pub connections: Arc<Connections>,
 }
 
 /// Per-request state.
@@ -56,11 +72,13 @@ impl EdgeProxy {
         manager: Arc<CertManager>,
         upstreams: Arc<Upstreams>,
         metrics: Arc<Metrics>,
+        policy: ClientPolicy,
     ) -> EdgeProxy {
         EdgeProxy {
             manager,
             upstreams,
             metrics,
+            policy,
         }
     }
 
@@ -94,6 +112,35 @@ impl ProxyHttp for EdgeProxy {
             pool: None,
             tried: Vec::new(),
         }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let t = &self.policy.timeouts;
+        // HTTP/1.1: no byte of the body for `body`; both: no progress writing for `send`.
+        session.set_read_timeout(Some(t.body));
+        session.set_write_timeout(Some(t.send));
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // HTTP/2 bodies are timed by `http::app` (Pingora has no body timeout for them).
+        if let Some(clock) = session.req_header().extensions.get::<Arc<BodyClock>>() {
+            clock.touch();
+            if end_of_stream {
+                clock.finish();
+            }
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -200,25 +247,9 @@ impl ProxyHttp for EdgeProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let prior: Vec<&str> = req
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let mut xff = prior.join(", ");
-        if let Some(ip) = client_ip {
-            if !xff.is_empty() {
-                xff.push_str(", ");
-            }
-            xff.push_str(&ip.to_string());
-        }
-        if !xff.is_empty() {
-            req.insert_header("X-Forwarded-For", xff)?;
-        }
-        req.insert_header("X-Forwarded-Proto", "https")?;
+        let trusted = client_ip.is_some_and(|ip| self.policy.forwarding.trusts(ip));
+        forwarded::rewrite(req, client_ip, trusted, ctx.host_header.as_deref())?;
         if let Some(host) = &ctx.host_header {
-            req.insert_header("X-Forwarded-Host", host.as_str())?;
             // HTTP/2 clients send :authority, not Host; HTTP/1.1 upstreams need Host.
             if req.headers.get(http::header::HOST).is_none() {
                 req.insert_header(http::header::HOST, host.as_str())?;
@@ -241,6 +272,16 @@ impl ProxyHttp for EdgeProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
+                    // The client stopped sending its body: tell it, then close.
+                    ErrorType::ReadTimedout => {
+                        self.policy.connections.count(CloseReason::BodyTimeout);
+                        408
+                    }
+                    // The client stopped reading: nothing more can be written to it.
+                    ErrorType::WriteTimedout => {
+                        self.policy.connections.count(CloseReason::SendTimeout);
+                        0
+                    }
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
                     _ => 400,
                 },
@@ -251,6 +292,7 @@ impl ProxyHttp for EdgeProxy {
             let body: &'static str = match code {
                 502 => "502 Bad Gateway: no upstream answered\n",
                 504 => "504 Gateway Timeout: the upstream did not answer in time\n",
+                408 => "408 Request Timeout: the request body stopped arriving\n",
                 400 => "400 Bad Request\n",
                 _ => "tenant-edge could not complete the request\n",
             };
@@ -267,7 +309,25 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // An HTTP/2 stream the client gave up on (reset, or a broken read or write) counts
+        // against its connection: rapid-reset loops are cut off.
+        if let Some(e) = e.filter(|e| *e.esource() == ErrorSource::Downstream) {
+            if session.is_http2()
+                && !matches!(
+                    e.etype(),
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                )
+            {
+                let conn = session
+                    .digest()
+                    .and_then(|d| d.socket_digest.as_ref())
+                    .and_then(|d| self.policy.connections.find(connection_key(d)));
+                if let Some(conn) = conn {
+                    conn.note_reset();
+                }
+            }
+        }
         let Some(pool) = ctx.pool else { return };
         let pool = &self.upstreams.pool(pool).name;
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::net::cidr::{client_key, describe_client};
 use crate::util::bucket::TokenBucket;
 
 /// One TLS record (5-byte header and 16 KiB of payload): the largest ClientHello the gate reads
@@ -118,27 +119,6 @@ impl ClientLimiter {
 
     /// The client `ip` counts as, for log lines: the address, or its `/64`.
     pub fn describe(&self, ip: IpAddr) -> String {
-        let prefix = self.settings.ipv6_prefix_len;
-        let key = client_key(ip, prefix);
-        match key {
-            IpAddr::V6(_) if prefix < 128 => format!("{key}/{prefix}"),
-            _ => key.to_string(),
-        }
-    }
-}
-
-/// The bucket key for a client: the IPv4 address (IPv4-mapped IPv6 included), or the IPv6
-/// address masked to `v6_prefix` bits.
-pub fn client_key(ip: IpAddr, v6_prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let shift = 128u32.saturating_sub(u32::from(v6_prefix.min(128)));
-                let mask = u128::MAX.checked_shl(shift).unwrap_or(0);
-                IpAddr::V6((u128::from(v6) & mask).into())
-            }
-        },
+        describe_client(ip, self.settings.ipv6_prefix_len)
     }
 }

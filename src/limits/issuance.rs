@@ -31,87 +31,14 @@ use std::time::{Duration, Instant};
 
 use crate::domain::Domain;
 use crate::limits::budget::{prune, read_budget, registered_domain, BudgetFile, BUDGET_WINDOW};
+use crate::limits::orders::{LocalOrderLog, OrderLog};
 use crate::metrics::label_set;
 use crate::util::bucket::TokenBucket;
 use crate::util::fs::{create_private_dir, write_atomic, FileError};
 use crate::util::time::ShortDuration;
 
-/// Tunables of [`Limits`]. `Default` is what production runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitSettings {
-    /// One new order may start every `interval` on average (global token bucket refill).
-    /// Default 2s, the seed's Caddy `interval 2s`. `Duration::ZERO` disables the rate limit.
-    pub interval: Duration,
-    /// Orders that may start at once after a quiet period (bucket capacity). Default 10: ten
-    /// tenants' first requests arriving together all get certificates (the seed's Caddy used 5
-    /// and refused the rest); Let's Encrypt itself allows 300 new orders per 3 hours. A
-    /// handshake that finds the bucket empty waits for a token, up to `tls.issue_timeout`.
-    /// At least 1.
-    pub burst: u32,
-    /// Orders running at the same time, new and renewals together. Default 10. At least 1.
-    pub max_concurrent: usize,
-    /// Wait after a name's first failed order; doubled after each further failure. Default 1m.
-    /// `Duration::ZERO` disables the backoff.
-    pub backoff_initial: Duration,
-    /// Longest wait between two orders of a failing name. Default 1h (Let's Encrypt allows 5
-    /// failed validations per name per hour).
-    pub backoff_max: Duration,
-    /// Names whose failure streak is remembered (LRU-ish, bounded memory). Default 10,000. A
-    /// streak is forgotten `2 × backoff_max` after its last failure.
-    pub backoff_capacity: u64,
-    /// New orders per registered domain (`example.co.uk` for `shop.example.co.uk`) in any
-    /// 7-day window. Default 45, under Let's Encrypt's 50 certificates per registered domain
-    /// per week so that manual issuance and other clients keep a margin. `None` disables the
-    /// budget (a private CA without such a limit).
-    pub budget_per_week: Option<u32>,
-}
-
-impl Default for LimitSettings {
-    fn default() -> Self {
-        LimitSettings {
-            interval: Duration::from_secs(2),
-            burst: 10,
-            max_concurrent: 10,
-            backoff_initial: Duration::from_secs(60),
-            backoff_max: Duration::from_secs(3600),
-            backoff_capacity: 10_000,
-            budget_per_week: Some(45),
-        }
-    }
-}
-
-impl LimitSettings {
-    /// Every problem with these values, as `(field, message)`; empty when they are usable. The
-    /// config module prefixes the field with its key path.
-    pub fn validate(&self) -> Vec<(&'static str, String)> {
-        let mut problems = Vec::new();
-        if self.burst == 0 {
-            problems.push(("burst", "must be at least 1".to_string()));
-        }
-        if self.max_concurrent == 0 {
-            problems.push(("max_concurrent", "must be at least 1".to_string()));
-        }
-        if self.backoff_initial > self.backoff_max {
-            problems.push((
-                "backoff_initial",
-                format!(
-                    "must not exceed backoff_max ({})",
-                    ShortDuration(self.backoff_max)
-                ),
-            ));
-        }
-        if self.backoff_capacity == 0 {
-            problems.push(("backoff_capacity", "must be at least 1".to_string()));
-        }
-        if self.budget_per_week == Some(0) {
-            problems.push((
-                "budget_per_week",
-                "0 would refuse every order; leave it unset to disable the budget".to_string(),
-            ));
-        }
-        problems
-    }
-}
+mod settings;
+pub use settings::LimitSettings;
 
 /// Why a new order may not start now. `kind()` is the `limit` label of
 /// `tenant_edge_issuances_limited_total`; the message says what to do.
@@ -153,6 +80,19 @@ pub enum Limited {
         limit: u32,
         retry_in: Duration,
     },
+    #[error(
+        "the ACME account has placed {used} orders in the last {window} (orders_per_3h {limit}, \
+         the last {reserve} kept for renewals); next slot in {retry_in}",
+        window = ShortDuration(*window),
+        retry_in = ShortDuration(*retry_in)
+    )]
+    Account {
+        used: u32,
+        limit: u32,
+        reserve: u32,
+        window: Duration,
+        retry_in: Duration,
+    },
 }
 
 label_set! {
@@ -163,6 +103,7 @@ label_set! {
         Concurrency => "concurrency",
         Backoff => "backoff",
         Budget => "budget",
+        Account => "account",
         Client => "client",
     }
 }
@@ -180,6 +121,7 @@ impl Limited {
             Limited::Concurrency { .. } => LimitKind::Concurrency,
             Limited::Backoff { .. } => LimitKind::Backoff,
             Limited::Budget { .. } => LimitKind::Budget,
+            Limited::Account { .. } => LimitKind::Account,
         }
     }
 
@@ -188,7 +130,8 @@ impl Limited {
         match self {
             Limited::Rate { retry_in, .. }
             | Limited::Backoff { retry_in, .. }
-            | Limited::Budget { retry_in, .. } => Some(*retry_in),
+            | Limited::Budget { retry_in, .. }
+            | Limited::Account { retry_in, .. } => Some(*retry_in),
             Limited::Concurrency { .. } => None,
         }
     }
@@ -227,6 +170,8 @@ struct Inner {
     /// Failure streaks by name; absent means "no recent failure".
     backoff: moka::sync::Cache<Domain, Streak>,
     persist: Option<Persist>,
+    /// Where the account budget counts orders (this host's file, or the shared store).
+    orders: Arc<dyn OrderLog>,
 }
 
 struct State {
@@ -276,15 +221,46 @@ impl Limits {
     ) -> Result<Limits, FileError> {
         let dir = data_dir.join("limits");
         create_private_dir(&dir)?;
-        Ok(Self::build(settings, Some(dir.join("budget.json")), clock))
+        let orders = LocalOrderLog::load(data_dir)?;
+        Ok(Self::build(
+            settings,
+            Some(dir.join("budget.json")),
+            clock,
+            orders,
+        ))
     }
 
-    /// Limits that keep their budget in memory only (tests, `certs issue` from the CLI).
+    /// Limits that keep their budgets in memory only (tests, `certs issue` from the CLI).
     pub fn in_memory(settings: LimitSettings) -> Limits {
-        Self::build(settings, None, Arc::new(SystemClock))
+        Self::build(
+            settings,
+            None,
+            Arc::new(SystemClock),
+            LocalOrderLog::in_memory(),
+        )
     }
 
-    fn build(settings: LimitSettings, path: Option<PathBuf>, clock: Arc<dyn Clock>) -> Limits {
+    /// The same limits counting the account budget in `orders` (the shared store, with
+    /// several hosts).
+    pub fn with_order_log(self, orders: Arc<dyn OrderLog>) -> Limits {
+        match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.orders = orders;
+                Limits {
+                    inner: Arc::new(inner),
+                }
+            }
+            // Already shared: keep counting where it did.
+            Err(inner) => Limits { inner },
+        }
+    }
+
+    fn build(
+        settings: LimitSettings,
+        path: Option<PathBuf>,
+        clock: Arc<dyn Clock>,
+        orders: Arc<dyn OrderLog>,
+    ) -> Limits {
         let now = clock.now();
         let wall = clock.unix_now();
         let budget = match &path {
@@ -315,7 +291,32 @@ impl Limits {
                     flags: Mutex::new(PersistFlags::default()),
                     write_lock: Mutex::new(()),
                 }),
+                orders,
             }),
+        }
+    }
+
+    /// Count an order that holds `permit` against the account budget. `Err`: the budget is
+    /// spent; drop the permit with [`OrderPermit::abandon`] (nothing was ordered). A log that
+    /// cannot be asked counts the order in this host's memory only, and the error is logged.
+    pub async fn charge_account(&self, permit: &OrderPermit, renewal: bool) -> Result<(), Limited> {
+        let Some(budget) = self.inner.settings.account else {
+            return Ok(());
+        };
+        let registered = registered_domain(&permit.name);
+        match self.inner.orders.record(registered, renewal, &budget).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(spent)) => Err(Limited::Account {
+                used: spent.used,
+                limit: budget.limit,
+                reserve: budget.renewal_reserve,
+                window: budget.window,
+                retry_in: spent.retry_in,
+            }),
+            Err(e) => {
+                log::warn!("the account order budget could not be counted ({e}); ordering");
+                Ok(())
+            }
         }
     }
 
@@ -508,6 +509,7 @@ impl Limits {
         let inner = &self.inner;
         match outcome {
             Outcome::Succeeded => inner.backoff.invalidate(name),
+            Outcome::Abandoned => {}
             Outcome::Failed | Outcome::Unknown => {
                 let s = &inner.settings;
                 if !s.backoff_initial.is_zero() {
@@ -530,7 +532,7 @@ impl Limits {
         // A failed order issued nothing, so it does not count against Let's Encrypt's
         // certificates-per-domain limit: give the budget back (failed validations have their
         // own CA limit, which the backoff keeps us under). An unknown outcome stays counted.
-        if let (Outcome::Failed, Some(at)) = (outcome, counted_at) {
+        if let (Outcome::Failed | Outcome::Abandoned, Some(at)) = (outcome, counted_at) {
             let registered = registered_domain(name);
             let mut state = lock(&inner.state);
             if let Some(q) = state.budget.get_mut(registered) {
@@ -552,6 +554,7 @@ enum Outcome {
     Succeeded,
     Failed,
     Unknown,
+    Abandoned,
 }
 
 /// `initial × 2^(failures-1)`, capped at `max`.
@@ -587,6 +590,14 @@ impl OrderPermit {
         self.reported = true;
         self.limits
             .report(&self.name, self.counted_at, Outcome::Succeeded);
+    }
+
+    /// Nothing was ordered after all (the account budget refused): no backoff, the budget slot
+    /// back, the concurrency slot released.
+    pub fn abandon(mut self) {
+        self.reported = true;
+        self.limits
+            .report(&self.name, self.counted_at, Outcome::Abandoned);
     }
 
     /// The order failed and nothing was issued: extend the name's backoff and give its budget

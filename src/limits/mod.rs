@@ -5,9 +5,13 @@
 //! - `budget`: the budget's key (registered domain), window and file.
 //! - `clients`: the per-client buckets for never-seen names (applied before TLS by
 //!   `tls::gate`).
+//! - `connections`: open connections in total and per client, and what one connection may do
+//!   (HTTP/2 streams, requests, client resets).
 //!
-//! Limits apply to new orders only, never to serving or loading stored certificates.
+//! Issuance limits apply to new orders only, never to serving or loading stored certificates.
 
 pub mod budget;
 pub mod clients;
+pub mod connections;
 pub mod issuance;
+pub mod orders;

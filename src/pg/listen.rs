@@ -1,21 +1,22 @@
-//! LISTEN on a PostgreSQL channel and hand every notified name to a channel: tenant changes
-//! (`deploy/postgres/notify.sql` installs a trigger on `companies` that sends one NOTIFY per
-//! affected name, old and new `dns_names`, whenever `dns_names` or `active` change) and
-//! certificates issued on another host (`shared`). The payload is the name; anything that does
-//! not parse as a `Domain` is ignored (and counted).
+//! LISTEN on PostgreSQL channels and hand every notification to a channel of [`Event`]s:
+//! tenant changes (`deploy/postgres/notify.sql` installs a trigger on `companies` that sends
+//! one NOTIFY per affected name, old and new `dns_names`, whenever `dns_names` or `active`
+//! change), certificates issued on another host and challenges published by another host
+//! (`shared`).
 //!
 //! The connection is dedicated (LISTEN state belongs to one session), opened inside the
-//! maintenance service's runtime, and re-opened with backoff after any error, so a database
-//! restart costs nothing but the notifications sent while it was down (the decision TTLs and the
-//! periodic scan cover those). Owns no policy: it only forwards names.
+//! service's runtime, probed with a round trip every `probe` (a connection that silently died
+//! is noticed and replaced, not trusted for ever), and re-opened with backoff after any error;
+//! the backoff starts over once a connection has stayed up for a minute. Each (re)connection is
+//! announced with [`Event::Connected`], because notifications sent while it was down are lost:
+//! the receiver re-checks what it may have missed. Owns no policy: it only forwards.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::domain::Domain;
 use crate::metrics::{label_set, Metrics};
 use crate::util::task::AbortOnDrop;
 
@@ -28,26 +29,62 @@ label_set! {
     }
 }
 
-/// Run forever: connect, LISTEN, forward names to `names`; reconnect with backoff on errors.
-/// Returns when `names` is closed (the maintenance loop stopped).
-pub async fn listen(
-    url: String,
-    channel: String,
-    names: mpsc::Sender<Domain>,
-    metrics: Arc<Metrics>,
-) {
+label_set! {
+    /// `tenant_edge_notify_connected{feed}`: which LISTEN connection.
+    pub enum FeedKind {
+        Tenants => "tenants",
+        Certificates => "certificates",
+    }
+}
+
+/// What a LISTEN connection reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// LISTEN is in place (again): notifications sent before now may have been missed.
+    Connected,
+    /// A notification on `channel`.
+    Message { channel: String, payload: String },
+}
+
+/// How a LISTEN connection is run.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub url: String,
+    pub channels: Vec<String>,
+    pub kind: FeedKind,
+    /// A round trip on the connection this often; no answer within the connect timeout means
+    /// the connection is dead.
+    pub probe: Duration,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HEALTHY: Duration = Duration::from_secs(60);
+
+/// Run until `events` is closed: connect, LISTEN, forward; reconnect with backoff on errors.
+pub async fn listen(listen: Listen, events: mpsc::Sender<Event>, metrics: Arc<Metrics>) {
+    let connected = metrics
+        .notify_connected
+        .with_label_values(&[listen.kind.label()]);
     let mut backoff = Duration::from_millis(250);
     loop {
-        match session(&url, &channel, &names, &metrics).await {
+        let started = Instant::now();
+        let ended = session(&listen, &events, &connected).await;
+        connected.set(0);
+        match ended {
             Ok(()) => return,
             Err(e) => {
-                metrics.notify_connected.set(0);
-                log::warn!("LISTEN {channel}: {e}; reconnecting in {backoff:?}");
+                if started.elapsed() >= HEALTHY {
+                    backoff = Duration::from_millis(250);
+                }
+                log::warn!(
+                    "LISTEN {}: {e}; reconnecting in {backoff:?}",
+                    listen.channels.join(", ")
+                );
             }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
-        if names.is_closed() {
+        if events.is_closed() {
             return;
         }
     }
@@ -55,23 +92,23 @@ pub async fn listen(
 
 /// One connection's life. `Ok(())` only when the receiver is gone.
 async fn session(
-    url: &str,
-    channel: &str,
-    names: &mpsc::Sender<Domain>,
-    metrics: &Metrics,
+    listen: &Listen,
+    events: &mpsc::Sender<Event>,
+    connected: &prometheus::IntGauge,
 ) -> Result<(), String> {
     let (client, mut connection) =
-        tokio::time::timeout(Duration::from_secs(10), tokio_postgres::connect(url, NoTls))
+        tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&listen.url, NoTls))
             .await
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| format!("connect failed: {e}"))?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Result<String, String>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<(String, String), String>>();
     // The connection must be polled for the LISTEN below to complete and for notifications.
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(Ok(n.payload().to_string())).is_err() {
+                    let message = (n.channel().to_string(), n.payload().to_string());
+                    if tx.send(Ok(message)).is_err() {
                         return;
                     }
                 }
@@ -88,35 +125,42 @@ async fn session(
         }
     });
     let _abort = AbortOnDrop(driver);
-    client
-        .batch_execute(&format!("LISTEN {channel}"))
+    for channel in &listen.channels {
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            client.batch_execute(&format!("LISTEN {channel}")),
+        )
         .await
+        .map_err(|_| "LISTEN timed out".to_string())?
         .map_err(|e| format!("LISTEN failed: {e}"))?;
-    metrics.notify_connected.set(1);
-    log::info!("listening for tenant changes on channel {channel}");
-    while let Some(message) = rx.recv().await {
-        let payload = message?;
-        match Domain::parse(payload.trim()) {
-            Ok(name) => {
-                metrics
-                    .notifications
-                    .with_label_values(&[NotificationOutcome::Applied.label()])
-                    .inc();
-                if names.send(name).await.is_err() {
+    }
+    connected.set(1);
+    log::info!("listening on {}", listen.channels.join(", "));
+    if events.send(Event::Connected).await.is_err() {
+        return Ok(());
+    }
+    let mut probe = tokio::time::interval(listen.probe);
+    probe.tick().await;
+    loop {
+        tokio::select! {
+            message = rx.recv() => {
+                let Some(message) = message else {
+                    return Err("the connection closed".into());
+                };
+                let (channel, payload) = message?;
+                if events.send(Event::Message { channel, payload }).await.is_err() {
                     return Ok(());
                 }
             }
-            Err(e) => {
-                metrics
-                    .notifications
-                    .with_label_values(&[NotificationOutcome::Ignored.label()])
-                    .inc();
-                let shown: String = payload.escape_debug().take(80).collect();
-                log::warn!(
-                    "ignoring a notification on {channel}: \"{shown}\" is not a DNS name ({e})"
-                );
+            _ = probe.tick() => {
+                // A connection that died without a word (a firewall dropped it) never
+                // delivers a notification again: ask it something.
+                match tokio::time::timeout(CONNECT_TIMEOUT, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(format!("the probe failed: {e}")),
+                    Err(_) => return Err(format!("no answer to the probe within {CONNECT_TIMEOUT:?}")),
+                }
             }
         }
     }
-    Err("the connection closed".into())
 }

@@ -91,8 +91,11 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
     metrics.preinit(&closed_sets());
     let shared = shared_store(config)?;
     let challenges = Arc::new(match &shared {
-        Some(shared) => Challenges::with_shared(shared.clone() as Arc<dyn SharedChallenges>),
-        None => Challenges::default(),
+        Some(shared) => Challenges::new(
+            Some(shared.clone() as Arc<dyn SharedChallenges>),
+            metrics.clone(),
+        ),
+        None => Challenges::new(None, metrics.clone()),
     });
     let database = database(config, &metrics)?;
     let allow = Arc::new(allow_list_with(config, &metrics, database.clone())?);

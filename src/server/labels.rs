@@ -5,15 +5,17 @@ use crate::allow::ask::Misconfiguration;
 use crate::allow::database::QueryOutcome;
 use crate::allow::decision::{DecidedBy, DecisionResult};
 use crate::certs::certificate::BundleErrorKind;
+use crate::certs::challenge::LookupResult;
 use crate::certs::issuer::acme::settings::{ChallengeType, OrderOutcome};
 use crate::certs::issuer::{IssueOutcome, IssuerKind};
 use crate::certs::maintain::{ProvisionKind, ProvisionOutcome};
 use crate::certs::manager::{CertSource, RefusalKind, RenewalOutcome};
 use crate::http::plain::PlainKind;
 use crate::http::proxy::RequestRefusal;
+use crate::limits::connections::{CloseReason, Listener, Protocol};
 use crate::limits::issuance::LimitKind;
 use crate::metrics::ClosedSets;
-use crate::pg::listen::NotificationOutcome;
+use crate::pg::listen::{FeedKind, NotificationOutcome};
 use crate::tls::handshake::HandshakeOutcome;
 
 /// Every closed label set, from its enum.
@@ -38,6 +40,11 @@ pub fn closed_sets() -> ClosedSets {
         provision_kinds: ProvisionKind::LABELS,
         provision_outcomes: ProvisionOutcome::LABELS,
         notifications: NotificationOutcome::LABELS,
+        connection_closes: CloseReason::LABELS,
+        listeners: Listener::LABELS,
+        protocols: Protocol::LABELS,
+        feeds: FeedKind::LABELS,
+        challenge_lookups: LookupResult::LABELS,
     }
 }
 

@@ -1,18 +1,29 @@
 //! Listen sockets: refuse to start on a taken port, IPv6 sockets IPv6-only.
 
+use std::time::Duration;
+
 use pingora::listeners::TcpSocketOptions;
+use pingora::protocols::TcpKeepalive;
 
 use crate::config::Config;
+use crate::http::timeouts::TimeoutSettings;
 use crate::server::error::BuildError;
 
-/// IPv6 listeners take only IPv6, so that `0.0.0.0:443` and `[::]:443` can both be listed
-/// (a dual-stack `[::]` would collide with the IPv4 one).
-pub fn socket_options(addr: &std::net::SocketAddr) -> Option<TcpSocketOptions> {
-    addr.is_ipv6().then(|| {
-        let mut options = TcpSocketOptions::default();
-        options.ipv6_only = Some(true);
-        options
-    })
+/// The options of every client socket: TCP keepalive (dead peers are noticed), the kernel's
+/// `TCP_USER_TIMEOUT` (a peer that stops acknowledging what we send), and IPv6 sockets
+/// IPv6-only, so that `0.0.0.0:443` and `[::]:443` can both be listed (a dual-stack `[::]`
+/// would collide with the IPv4 one).
+pub fn socket_options(addr: &std::net::SocketAddr, timeouts: &TimeoutSettings) -> TcpSocketOptions {
+    let mut options = TcpSocketOptions::default();
+    options.ipv6_only = addr.is_ipv6().then_some(true);
+    options.tcp_keepalive = Some(TcpKeepalive {
+        idle: timeouts.tcp_keepalive,
+        interval: Duration::from_secs(10),
+        count: 5,
+        #[cfg(target_os = "linux")]
+        user_timeout: timeouts.send,
+    });
+    options
 }
 
 /// Every listen address can be bound right now. Pingora retries a taken address for a while and

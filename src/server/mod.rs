@@ -7,37 +7,45 @@
 //! `run_forever`. Building does create the data directory and the internal CA (plain file I/O).
 //!
 //! - `edge`: the certificate side (allow-list, store, issuer, manager) without listeners.
+//! - `feeds`: the LISTEN connections the maintenance service follows.
 //! - `listen`: listen sockets and the start-time port check.
 //! - `error`: why an edge could not be built.
 //! - `labels`: the closed label sets of every metric family.
 
 pub mod edge;
 pub mod error;
+pub mod feeds;
 pub mod labels;
 pub mod listen;
 
 use std::sync::Arc;
 
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::{ListenerConfig, Listeners};
 use pingora::prelude::{background_service, Opt};
+use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
-use crate::allow::decision::NameList;
-use crate::certs::maintain::{Feed, Inputs, Maintenance};
+use crate::certs::maintain::Maintenance;
 use crate::config::Config;
+use crate::http::app::EdgeApp;
+use crate::http::conn::ConnApp;
 use crate::http::metrics::MetricsApp;
 use crate::http::plain::PlainHttp;
-use crate::http::proxy::EdgeProxy;
+use crate::http::proxy::{ClientPolicy, EdgeProxy};
 use crate::http::upstream::Upstreams;
-use crate::pg::listen::listen;
+use crate::limits::connections::{Connections, Listener};
 use crate::server::edge::{build_edge, Edge};
 use crate::server::error::BuildError;
+use crate::server::feeds::maintenance_inputs;
 use crate::server::listen::socket_options;
-use crate::shared::feed::follow_issued;
-use crate::tls::gate::ClientGate;
+use crate::tls::accept::{Accept, ProxyProtocol};
+use crate::tls::gate::{ClientGate, EdgeNames};
 use crate::tls::handshake::{listener_buffers, tls_settings};
+use crate::tls::tickets::{LocalKeys, TicketKeyStore, TicketKeys, TicketRotation};
 
 /// Pingora's process options, exposed as flags of `tenant-edge run`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -68,58 +76,32 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
     );
     server.add_service(background_service("certificate maintenance", maintenance));
 
+    let tickets =
+        TicketKeys::new(config.tls.ticket_key_rotation).map_err(|e| BuildError::Listener {
+            addr: "session tickets".into(),
+            message: e.to_string(),
+        })?;
+    let store: Arc<dyn TicketKeyStore> = match &edge.shared {
+        Some(shared) => shared.clone(),
+        None => Arc::new(LocalKeys::default()),
+    };
+    let rotation = TicketRotation {
+        keys: tickets.clone(),
+        store,
+    };
+    server.add_service(background_service("session-ticket keys", rotation));
+
+    let connections = Connections::new(config.limits.connections.clone(), edge.metrics.clone());
     let upstreams = Arc::new(Upstreams::build(
         &config.upstreams,
         &edge.metrics,
         &mut server,
     )?);
-
-    let proxy = EdgeProxy::new(edge.manager.clone(), upstreams, edge.metrics.clone());
-    let mut listeners = Listeners::new();
-    for addr in &config.listen.https {
-        let listener_error = |e: pingora::BError| BuildError::Listener {
-            addr: addr.to_string(),
-            message: e.to_string(),
-        };
-        let tls =
-            tls_settings(edge.manager.clone(), edge.challenges.clone()).map_err(listener_error)?;
-        let mut endpoint = ListenerConfig::tcp(addr.to_string())
-            .tls(tls)
-            .l4_buffer(listener_buffers());
-        if let Some(options) = socket_options(addr) {
-            endpoint = endpoint.tcp_socket_options(options);
-        }
-        listeners.add_listener(endpoint);
-    }
-    if let Some(gate) = &config.limits.clients {
-        // Before TLS: one client cycling through never-seen names is cut off here, before
-        // its names reach the database (the certificate callback cannot see the address).
-        let gate = ClientGate::new(gate.clone(), edge.allow.clone(), edge.metrics.clone());
-        listeners.set_pre_tls_callback(Arc::new(gate));
-    }
-    let https = Service::with_listeners(
-        "tenant-edge https".to_string(),
-        listeners,
-        pingora::proxy::http_proxy(&server.configuration, proxy),
-    );
+    let https = https_service(config, &edge, &server, upstreams, &connections, &tickets)?;
     server.add_service(https);
-
     if !config.listen.http.is_empty() {
-        let app = PlainHttp::new(
-            edge.challenges.clone(),
-            config.listen.redirect_https_port,
-            edge.metrics.clone(),
-        );
-        let mut http = Service::new("tenant-edge http".to_string(), app);
-        for addr in &config.listen.http {
-            match socket_options(addr) {
-                Some(options) => http.add_tcp_with_settings(&addr.to_string(), options),
-                None => http.add_tcp(&addr.to_string()),
-            }
-        }
-        server.add_service(http);
+        server.add_service(http_service(config, &edge, &connections));
     }
-
     if let Some(addr) = config.listen.metrics {
         let mut metrics = Service::new(
             "tenant-edge metrics".to_string(),
@@ -131,36 +113,127 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
     Ok((server, edge))
 }
 
-/// The feeds and the name list the maintenance service follows: tenant changes over LISTEN and
-/// the periodic scan (with a database), certificates issued on other hosts (with a shared
-/// store).
-fn maintenance_inputs(config: &Config, edge: &Edge) -> Inputs {
-    let mut inputs = Inputs::default();
-    if let (Some(db), Some(settings)) = (&edge.database, &config.allow.database) {
-        let (url, channel, metrics) = (
-            settings.url.clone(),
-            settings.notify_channel.clone(),
-            edge.metrics.clone(),
-        );
-        let feed: Feed = Box::new(move |names| {
-            Box::pin(listen(url.clone(), channel.clone(), names, metrics.clone()))
-        });
-        inputs.tenant_changes = Some(feed);
-        inputs.scan = Some((db.clone() as Arc<dyn NameList>, settings.scan_interval));
+/// The PROXY protocol settings of the listeners that opted in.
+fn proxy_protocol(config: &Config) -> ProxyProtocol {
+    ProxyProtocol {
+        listeners: config.listen.proxy_protocol.clone(),
+        trusted: config.forwarding.trusted_proxies.clone(),
+        timeout: config.proxy_protocol_timeout,
     }
-    if let (Some(store), Some(settings)) = (&edge.shared, &config.shared_store) {
-        let (store, settings, metrics) = (store.clone(), settings.clone(), edge.metrics.clone());
-        let feed: Feed = Box::new(move |names| {
-            Box::pin(follow_issued(
-                store.clone(),
-                settings.clone(),
-                names,
-                metrics.clone(),
-            ))
-        });
-        inputs.issued_elsewhere = Some(feed);
+}
+
+/// What Pingora's HTTP server itself bounds: requests per HTTP/1.1 connection, idle HTTP/2
+/// connections, HTTP/2 streams and resets.
+fn http_options(config: &Config) -> (HttpServerOptions, H2Options) {
+    let limits = &config.limits.connections;
+    let mut options = HttpServerOptions::default();
+    // Pingora allows N + 1 requests for a limit of N.
+    options.keepalive_request_limit = Some(limits.requests.saturating_sub(1));
+    options.h2_idle_timeout = Some(config.timeouts.h2_idle);
+    let mut h2 = default_h2_options();
+    h2.max_concurrent_streams(limits.h2_streams)
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(256));
+    (options, h2)
+}
+
+fn https_service(
+    config: &Config,
+    edge: &Edge,
+    server: &Server,
+    upstreams: Arc<Upstreams>,
+    connections: &Arc<Connections>,
+    tickets: &Arc<TicketKeys>,
+) -> Result<Service<ConnApp<EdgeApp<HttpProxy<EdgeProxy>>>>, BuildError> {
+    let policy = ClientPolicy {
+        timeouts: config.timeouts.clone(),
+        forwarding: config.forwarding.clone(),
+        connections: connections.clone(),
+    };
+    let proxy = EdgeProxy::new(
+        edge.manager.clone(),
+        upstreams,
+        edge.metrics.clone(),
+        policy,
+    );
+    let mut listeners = Listeners::new();
+    for addr in &config.listen.https {
+        let listener_error = |e: pingora::BError| BuildError::Listener {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        };
+        let tls = tls_settings(edge.manager.clone(), edge.challenges.clone(), tickets)
+            .map_err(listener_error)?;
+        let endpoint = ListenerConfig::tcp(addr.to_string())
+            .tls(tls)
+            .l4_buffer(listener_buffers())
+            .tcp_socket_options(socket_options(addr, &config.timeouts));
+        listeners.add_listener(endpoint);
     }
-    inputs
+    // Before TLS: the PROXY protocol, connection limits, then one client cycling through
+    // never-seen names is cut off before its names reach the database (the certificate
+    // callback cannot see the address).
+    let gate = config.limits.clients.as_ref().map(|s| {
+        let known = EdgeNames::new(edge.manager.clone(), edge.challenges.clone());
+        ClientGate::new(s.clone(), Arc::new(known), edge.metrics.clone())
+    });
+    listeners.set_pre_tls_callback(Arc::new(Accept {
+        connections: connections.clone(),
+        proxy: proxy_protocol(config),
+        gate,
+    }));
+    let (options, h2) = http_options(config);
+    let app = EdgeApp::new(
+        pingora::proxy::http_proxy(&server.configuration, proxy),
+        config.timeouts.clone(),
+        connections.clone(),
+        options,
+        Some(h2),
+    );
+    let app = ConnApp::new(
+        app,
+        Listener::Https,
+        connections.clone(),
+        None,
+        config.timeouts.clone(),
+    );
+    Ok(Service::with_listeners(
+        "tenant-edge https".to_string(),
+        listeners,
+        app,
+    ))
+}
+
+fn http_service(
+    config: &Config,
+    edge: &Edge,
+    connections: &Arc<Connections>,
+) -> Service<ConnApp<EdgeApp<PlainHttp>>> {
+    let plain = PlainHttp::new(
+        edge.challenges.clone(),
+        config.listen.redirect_https_port,
+        edge.metrics.clone(),
+    );
+    let (options, _) = http_options(config);
+    let app = EdgeApp::new(
+        plain,
+        config.timeouts.clone(),
+        connections.clone(),
+        options,
+        None,
+    );
+    let app = ConnApp::new(
+        app,
+        Listener::Http,
+        connections.clone(),
+        Some(proxy_protocol(config)),
+        config.timeouts.clone(),
+    );
+    let mut http = Service::new("tenant-edge http".to_string(), app);
+    for addr in &config.listen.http {
+        http.add_tcp_with_settings(&addr.to_string(), socket_options(addr, &config.timeouts));
+    }
+    http
 }
 
 fn server_conf(config: &Config, opts: RunOptions) -> ServerConf {

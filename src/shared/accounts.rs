@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use tokio_postgres::Row;
 
 use crate::certs::issuer::acme::account::AccountStore;
-use crate::certs::store::RemoteError;
 use crate::shared::store::{SharedError, SharedStore};
+use crate::util::error::RemoteError;
 
 impl SharedStore {
     /// The credentials stored for the ACME directory `directory`, `Ok(None)` when none.

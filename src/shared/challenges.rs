@@ -7,12 +7,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::certs::challenge::SharedChallenges;
-use crate::certs::store::RemoteError;
 use crate::domain::Domain;
 use crate::shared::store::{SharedError, SharedStore};
+use crate::util::error::RemoteError;
 
-const HTTP01: &str = "http-01";
-const TLS_ALPN01: &str = "tls-alpn-01";
+use crate::certs::challenge::{HTTP01, TLS_ALPN01};
+
+/// The NOTIFY channel on which a host announces a challenge it published (`kind:id`), so that
+/// the others look in the shared store for that one and no other.
+pub const CHALLENGES_CHANNEL: &str = "tenant_edge_challenges";
 
 impl SharedStore {
     /// Publish the HTTP-01 response for `token` for `ttl` (measured on the database clock).
@@ -104,6 +107,13 @@ impl SharedStore {
              ON CONFLICT (kind, id) DO UPDATE
                  SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
             &[&kind, &id, &value, &ttl.as_secs_f64()],
+        )
+        .await?;
+        // Announced after it is stored: a host that hears it finds it.
+        self.execute(
+            op,
+            "SELECT pg_notify($1, $2)",
+            &[&CHALLENGES_CHANNEL, &format!("{kind}:{id}")],
         )
         .await
         .map(drop)

@@ -1,35 +1,40 @@
-//! Certificates issued or renewed on another host: LISTEN on `locks::CERTS_CHANNEL` (after
-//! migrating the schema when `migrate_on_start` allows), so each host drops its memory copy and
-//! loads the new certificate instead of ordering one.
+//! What another host did that this one must hear about: a certificate issued or renewed
+//! (LISTEN on `locks::CERTS_CHANNEL`: each host drops its memory copy and loads the new one
+//! instead of ordering) and a challenge published (`challenges::CHALLENGES_CHANNEL`: only
+//! announced challenges are looked up in the shared store). The schema is migrated first when
+//! `migrate_on_start` allows.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::domain::Domain;
 use crate::metrics::Metrics;
-use crate::pg::listen::listen;
+use crate::pg::listen::{listen, Event, FeedKind, Listen};
+use crate::shared::challenges::CHALLENGES_CHANNEL;
 use crate::shared::locks::CERTS_CHANNEL;
 use crate::shared::migrate::migrate_with_retry;
 use crate::shared::store::SharedStore;
 use crate::shared::SharedSettings;
 
-/// Migrate (when allowed), then forward every name another host announces to `names`, until
-/// `names` is closed.
-pub async fn follow_issued(
+/// Migrate (when allowed), then forward every announcement of another host to `events`,
+/// until `events` is closed.
+pub async fn follow(
     store: Arc<SharedStore>,
     settings: SharedSettings,
-    names: mpsc::Sender<Domain>,
+    probe: Duration,
+    events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
 ) {
     if settings.migrate_on_start {
         migrate_with_retry(&store).await;
     }
-    listen(
-        settings.url.clone(),
-        CERTS_CHANNEL.to_string(),
-        names,
-        metrics,
-    )
-    .await;
+    let channels = vec![CERTS_CHANNEL.to_string(), CHALLENGES_CHANNEL.to_string()];
+    let how = Listen {
+        url: settings.url.clone(),
+        channels,
+        kind: FeedKind::Certificates,
+        probe,
+    };
+    listen(how, events, metrics).await;
 }

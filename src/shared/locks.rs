@@ -6,9 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::certs::lock::IssuanceLocks;
-use crate::certs::store::RemoteError;
 use crate::domain::Domain;
 use crate::shared::store::{SharedError, SharedStore};
+use crate::util::error::RemoteError;
 
 /// The NOTIFY channel on which [`SharedStore::notify_issued`] announces a certificate that was
 /// issued or renewed; the payload is the name.

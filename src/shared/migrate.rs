@@ -9,8 +9,13 @@ use crate::shared::store::{SharedError, SharedStore};
 pub const MIGRATION_LOCK: i64 = 0x7465_6e61_6e74_5f65;
 
 /// Every schema version, in order. Append; never edit a version that has shipped.
-pub const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../../migrations/0001_shared_store.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_shared_store.sql")),
+    (
+        2,
+        include_str!("../../migrations/0002_orders_and_ticket_keys.sql"),
+    ),
+];
 
 impl SharedStore {
     /// Create or upgrade the tables; returns the versions applied now (empty when up to date).

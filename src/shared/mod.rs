@@ -4,8 +4,10 @@
 //! and implements the trait `certs` declares for it, as certmagic's Storage and Locker do:
 //! `certificates` (`certs::store::Store`), `accounts` (`certs::issuer::acme::account::
 //! AccountStore`), `challenges` (`certs::challenge::SharedChallenges`), `locks`
-//! (`certs::lock::IssuanceLocks`); `store` holds the connection pool and errors, `migrate` the
-//! schema, `crypto` the at-rest encryption, `feed` the LISTEN for certificates issued elsewhere.
+//! (`certs::lock::IssuanceLocks`), `orders` (`limits::orders::OrderLog`), `tickets`
+//! (`tls::tickets::TicketKeyStore`); `store` holds the connection pool and errors, `migrate`
+//! the schema, `crypto` the at-rest encryption, `feed` the LISTEN for certificates issued
+//! elsewhere.
 //!
 //! Owns the `tenant_edge_*` tables (created and upgraded by `SharedStore::migrate`), a small
 //! pool of tokio-postgres connections (no TLS: the database is expected on a private network or
@@ -71,7 +73,9 @@ pub mod crypto;
 pub mod feed;
 pub mod locks;
 pub mod migrate;
+pub mod orders;
 pub mod store;
+pub mod tickets;
 
 use std::time::Duration;
 
@@ -87,6 +91,8 @@ pub struct SharedSettings {
     /// How long an issuance lock outlives a holder that died.
     pub lock_lease: Duration,
     pub timeout: Duration,
+    /// How often the LISTEN connection is asked a round trip (a silently dead one is replaced).
+    pub notify_probe: Duration,
 }
 
 impl std::fmt::Debug for SharedSettings {

@@ -16,9 +16,10 @@
 //!   that this parser cannot read, also takes a token, so that sending slowly or oddly is no
 //!   way around the gate; it is never dropped for that alone.
 //!
-//! What it must not do: decide whether a name is allowed (the allow-list does), query anything,
-//! or delay a handshake: it waits only for bytes OpenSSL would wait for anyway, and a client
-//! that sends nothing is passed on after `hello_timeout` to time out in TLS as usual. It must
+//! What it must not do: decide whether a name is allowed (the allow-list does, through
+//! `KnownNames`), or delay a handshake beyond what the handshake would wait anyway: it waits
+//! only for bytes OpenSSL would wait for, and a client that sends nothing is passed on after
+//! `hello_timeout` to time out in TLS as usual. It must
 //! never consume a byte of the stream and never panic on input (the parser is bounds-checked
 //! and tested on truncated and random bytes).
 
@@ -33,7 +34,9 @@ use pingora::protocols::GetSocketDigest;
 use pingora::{Error, ErrorType};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::allow::list::AllowList;
+use crate::allow::pattern::NamePattern;
+use crate::certs::challenge::Challenges;
+use crate::certs::manager::CertManager;
 use crate::domain::Domain;
 use crate::limits::clients::{ClientGateSettings, ClientLimiter};
 use crate::limits::issuance::LimitKind;
@@ -42,16 +45,23 @@ use crate::metrics::Metrics;
 use crate::tls::client_hello::{parse_client_hello, Hello};
 use crate::util::time::ShortDuration;
 
-/// Which names the edge can answer without asking a dynamic source.
+/// Which names the edge can answer without asking a dynamic source or the CA.
 ///
-/// Called by the gate once per TLS connection, before the handshake, so it must be cheap and
-/// must not block: a memory lookup, no I/O. `true` means "a handshake for this name costs no
-/// database query": a platform domain, or a name with a cached decision (a cached *no*
-/// included). Absent or expired entries are `false`.
+/// `is_known` is called by the gate once per TLS connection, before the handshake, so it must
+/// be cheap and must not block: a memory lookup, no I/O. `true` means "a handshake for this
+/// name costs no database query and no order": an exact platform domain, a name with a cached
+/// decision (a cached *no* included), or a name under a platform wildcard that already has a
+/// certificate. Absent or expired entries are `false`.
+///
+/// `warm` is awaited for a never-seen name the gate let through: it looks the name up, so that
+/// the handshake that follows can refuse a name nobody allows with `unrecognized_name`.
+#[async_trait]
 pub trait KnownNames: Send + Sync {
     fn is_known(&self, name: &Domain) -> bool;
+    async fn warm(&self, _name: &Domain) {}
 }
 
+#[async_trait]
 impl<F> KnownNames for F
 where
     F: Fn(&Domain) -> bool + Send + Sync,
@@ -208,6 +218,9 @@ impl PreTlsProcess for ClientGate {
         let seen = self.read_hello(stream, &mut buf).await;
         stream.rewind(buf.filled());
         if self.admit(ip, &seen) {
+            if let Seen::NeverSeen(name) = &seen {
+                self.known.warm(name).await;
+            }
             Ok(())
         } else {
             Err(Error::explain(
@@ -271,10 +284,54 @@ impl HelloBuf {
     }
 }
 
-/// The allow-list knows a name when it is a platform domain or has a cached decision.
-impl KnownNames for AllowList {
+/// The names the edge knows: the certificate manager's, the names a CA is validating, and the
+/// never-seen names the gate already let through once.
+pub struct EdgeNames {
+    manager: Arc<CertManager>,
+    challenges: Arc<Challenges>,
+    /// A never-seen name costs its first client a token; the connections that follow for it
+    /// (a browser opens several, a CA validates from several places) join the lookup or the
+    /// order already under way and cost nothing more.
+    admitted: moka::sync::Cache<Domain, ()>,
+}
+
+/// Never-seen names remembered as admitted, and for how long.
+const ADMITTED: u64 = 10_000;
+const ADMITTED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+impl EdgeNames {
+    pub fn new(manager: Arc<CertManager>, challenges: Arc<Challenges>) -> EdgeNames {
+        EdgeNames {
+            manager,
+            challenges,
+            admitted: moka::sync::Cache::builder()
+                .max_capacity(ADMITTED)
+                .time_to_live(ADMITTED_FOR)
+                .build(),
+        }
+    }
+}
+
+/// The edge knows a name when it is an exact platform domain, has a cached decision, is under
+/// a platform wildcard and already has a certificate (a wildcard would otherwise let a client
+/// turn every made-up name below it into an order), has a TLS-ALPN-01 challenge waiting on it
+/// (the CA's validation connections, which may come from the client's own address, must not
+/// spend its tokens), or was admitted as never-seen a moment ago.
+#[async_trait]
+impl KnownNames for EdgeNames {
     fn is_known(&self, name: &Domain) -> bool {
-        AllowList::is_known(self, name)
+        let allow = self.manager.allow_list();
+        let known = match allow.platform_match(name) {
+            Some(NamePattern::Exact(_)) => true,
+            Some(NamePattern::Below(_)) => self.manager.cached(name).is_some(),
+            None => allow.is_known(name),
+        };
+        known || self.admitted.contains_key(name) || self.challenges.awaits_tls_alpn01(name)
+    }
+
+    async fn warm(&self, name: &Domain) {
+        self.admitted.insert(name.clone(), ());
+        let _ = self.manager.allow_list().decide(name).await;
     }
 }
 

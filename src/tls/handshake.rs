@@ -1,20 +1,26 @@
 //! The TLS listener's callbacks: the only module that touches OpenSSL handshake state.
 //!
 //! `certificate_callback` runs in the middle of every full handshake (Pingora pauses OpenSSL,
-//! awaits us, then resumes). It reads the SNI, asks the manager, and installs the chain and key
-//! on this connection only. It holds no policy: refusals come from the manager, and a refusal is
-//! "install nothing", which OpenSSL turns into a handshake failure for the client.
+//! awaits us, then resumes). It takes the name from the connection's ClientHello record
+//! (`tls::hello`), asks the manager, and installs the chain and key on this connection only. It
+//! holds no policy: refusals come from the manager, and a refusal is "install nothing", which
+//! OpenSSL turns into a handshake failure for the client. Names that can be refused without any
+//! lookup are refused earlier, in the servername callback, with the `unrecognized_name` alert.
 //!
 //! ACME TLS-ALPN-01 (RFC 8737): a validation handshake offers ALPN `acme-tls/1` and must get the
 //! challenge certificate, never the real one, and must negotiate `acme-tls/1`. With TLS 1.2
-//! OpenSSL selects ALPN only after the certificate callback, so a ClientHello callback notes the
-//! offer in the connection's ex-data and the certificate callback reads it there.
+//! OpenSSL selects ALPN only after the certificate callback, so the ClientHello callback notes
+//! the offer and the certificate callback reads it.
 //!
 //! `handshake_complete_callback` runs for full *and* resumed handshakes; it records the
 //! connection's name in the `SslDigest` so the proxy can compare it with the request's Host.
+//!
+//! The settings are hardened to TLS 1.2 and 1.3 with forward-secret AEAD suites only, the
+//! server's cipher order, no renegotiation, and session tickets under our own rotated keys
+//! (`tls::tickets`).
 
 use std::any::Any;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
@@ -22,7 +28,11 @@ use pingora::listeners::L4BufferSettings;
 use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::ext;
-use pingora::tls::ssl::{select_next_proto, AlpnError, ClientHelloResponse, NameType, Ssl, SslRef};
+use pingora::tls::ssl::{
+    select_next_proto, AlpnError, ClientHelloResponse, NameType, SniError, SslAlert, SslOptions,
+    SslRef, SslVersion,
+};
+use pingora::{ErrorType, OrErr};
 
 use crate::certs::certificate::CertifiedKey;
 use crate::certs::challenge::Challenges;
@@ -30,6 +40,8 @@ use crate::certs::manager::{CertManager, CertSource, Refusal};
 use crate::domain::Domain;
 use crate::logging::{suppressed, LogBudget};
 use crate::metrics::{label_set, NO_SOURCE};
+use crate::tls::hello::{hello, offers_acme_tls, on_client_hello, ACME_TLS_1};
+use crate::tls::tickets::TicketKeys;
 
 label_set! {
     /// `tenant_edge_tls_handshakes_total{outcome}` when a certificate was found (refusals use
@@ -44,15 +56,21 @@ label_set! {
 #[derive(Debug, Clone)]
 pub struct ConnName(pub Domain);
 
-/// ALPN protocol id of TLS-ALPN-01 validation handshakes, length-prefixed (wire format).
-const ACME_TLS_1: &[u8] = b"\x0aacme-tls/1";
 /// What we serve otherwise, in order of preference (wire format).
 const H2_H1: &[u8] = b"\x02h2\x08http/1.1";
+/// TLS 1.2: ECDHE with AEAD only, ECDSA first (the default key type).
+const TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:\
+ECDHE-RSA-AES256-GCM-SHA384";
+const TLS13_SUITES: &str =
+    "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
+/// Key exchange: the hybrid post-quantum group browsers offer first, then the classic ones.
+const GROUPS: &str = "X25519MLKEM768:X25519:P-256:P-384";
 
 pub struct EdgeTls {
     manager: Arc<CertManager>,
     challenges: Arc<Challenges>,
-    refusal_log: LogBudget,
+    refusal_log: Arc<LogBudget>,
 }
 
 impl EdgeTls {
@@ -61,19 +79,26 @@ impl EdgeTls {
         EdgeTls {
             manager,
             challenges,
-            refusal_log: LogBudget::new(10),
+            refusal_log: Arc::new(LogBudget::new(10)),
         }
     }
 }
 
-/// TLS settings for one HTTPS listener: our callbacks, ALPN h2 + http/1.1 (+ acme-tls/1 for
-/// validation handshakes). `TlsSettings` is not `Clone`: call once per listener.
+/// TLS settings for one HTTPS listener: our callbacks, the hardened protocol settings, ALPN
+/// h2 and http/1.1 (and acme-tls/1 for validation handshakes), session tickets under
+/// `tickets`. `TlsSettings` is not `Clone`: call once per listener.
 pub fn tls_settings(
     manager: Arc<CertManager>,
     challenges: Arc<Challenges>,
+    tickets: &Arc<TicketKeys>,
 ) -> pingora::Result<TlsSettings> {
-    let callbacks = EdgeTls::new(manager, challenges);
+    let callbacks = EdgeTls::new(manager.clone(), challenges);
+    let refusal_log = callbacks.refusal_log.clone();
     let mut tls = TlsSettings::with_callbacks(Box::new(callbacks))?;
+    harden(&mut tls)?;
+    tickets
+        .enable(&mut tls)
+        .or_err(ErrorType::InternalError, "session-ticket keys")?;
     // OpenSSL reads whole records itself; see `listener_buffers`.
     tls.set_read_ahead(true);
     tls.set_alpn_select_callback(|_, offered| {
@@ -82,15 +107,91 @@ pub fn tls_settings(
         }
         select_next_proto(H2_H1, offered).ok_or(AlpnError::NOACK)
     });
-    tls.set_client_hello_callback(|ssl, _alert| {
-        if client_hello_offers_acme_tls(ssl) {
-            if let Some(index) = acme_index() {
-                ssl.set_ex_data(index, true);
-            }
-        }
-        Ok(ClientHelloResponse::SUCCESS)
+    tls.set_client_hello_callback(|ssl, alert| {
+        on_client_hello(ssl, alert).map(|()| ClientHelloResponse::SUCCESS)
     });
+    tls.set_servername_callback(move |ssl, alert| refuse_early(&manager, &refusal_log, ssl, alert));
     Ok(tls)
+}
+
+/// TLS 1.2 and 1.3 only, forward-secret AEAD suites in the server's order, no renegotiation.
+fn harden(tls: &mut TlsSettings) -> pingora::Result<()> {
+    let err = ErrorType::InternalError;
+    tls.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .or_err(err.clone(), "TLS minimum version")?;
+    tls.set_cipher_list(TLS12_CIPHERS)
+        .or_err(err.clone(), "TLS 1.2 ciphers")?;
+    tls.set_ciphersuites(TLS13_SUITES)
+        .or_err(err.clone(), "TLS 1.3 suites")?;
+    tls.set_groups_list(GROUPS).or_err(err, "TLS groups")?;
+    tls.set_options(
+        SslOptions::CIPHER_SERVER_PREFERENCE
+            | SslOptions::PRIORITIZE_CHACHA
+            | SslOptions::NO_RENEGOTIATION,
+    );
+    Ok(())
+}
+
+/// The servername callback: refuse, with `unrecognized_name`, what needs no lookup to refuse:
+/// no SNI and no `tls.default_name`, a name that is not a DNS name, a name whose cached
+/// decision is "no" (resumed sessions included: the certificate callback never runs for
+/// those). Everything else goes on to the certificate callback.
+fn refuse_early(
+    manager: &CertManager,
+    log: &LogBudget,
+    ssl: &mut SslRef,
+    alert: &mut SslAlert,
+) -> Result<(), SniError> {
+    let Some(hello) = hello(ssl) else {
+        return Ok(());
+    };
+    if hello.acme {
+        // A CA validating TLS-ALPN-01: the certificate callback answers with the challenge.
+        return Ok(());
+    }
+    let refusal = match hello.sni.as_deref() {
+        Some(raw) => match std::str::from_utf8(raw) {
+            Ok(sni) => match manager.handshake_name(Some(sni)) {
+                Ok(name) if manager.cached_decision(&name) == Some(false) => {
+                    Some(Refusal::NotAllowed(name))
+                }
+                Ok(_) => None,
+                Err(refusal) => Some(refusal),
+            },
+            Err(_) => Some(Refusal::NoSni),
+        },
+        None => manager.handshake_name(None).err(),
+    };
+    let Some(refusal) = refusal else {
+        return Ok(());
+    };
+    count_refusal(manager, log, hello.sni_str(), &refusal);
+    *alert = SslAlert::UNRECOGNIZED_NAME;
+    Err(SniError::ALERT_FATAL)
+}
+
+/// Count a refused handshake and log it at a bounded rate (never at error level: refusals are
+/// normal traffic for an on-demand edge).
+fn count_refusal(manager: &CertManager, log: &LogBudget, sni: Option<&str>, refusal: &Refusal) {
+    manager
+        .metrics()
+        .handshakes
+        .with_label_values(&[refusal.kind(), NO_SOURCE])
+        .inc();
+    if let Some(dropped) = log.take() {
+        // The SNI is attacker-controlled: log it escaped and bounded.
+        let sni: String = sni.unwrap_or("").escape_debug().take(100).collect();
+        let more = suppressed(dropped);
+        match refusal {
+            Refusal::IssueFailed(_)
+            | Refusal::Store(_)
+            | Refusal::BadIssue(_)
+            | Refusal::Decision(_) => {
+                log::warn!("handshake for \"{sni}\" refused: {refusal}{more}")
+            }
+            _ => log::info!("handshake for \"{sni}\" refused: {refusal}{more}"),
+        }
+    }
 }
 
 /// The transport buffers under each HTTPS listener's TLS layer: no read buffer, the default
@@ -104,72 +205,9 @@ pub fn listener_buffers() -> L4BufferSettings {
     L4BufferSettings::default().read(0)
 }
 
-/// Whether a wire-format ALPN list contains `acme-tls/1`.
-fn offers_acme_tls(list: &[u8]) -> bool {
-    let mut rest = list;
-    while let Some((&len, tail)) = rest.split_first() {
-        let len = usize::from(len);
-        if tail.len() < len {
-            return false;
-        }
-        if tail[..len] == ACME_TLS_1[1..] {
-            return true;
-        }
-        rest = &tail[len..];
-    }
-    false
-}
-
-/// The ex-data slot where the ClientHello callback notes an `acme-tls/1` offer.
-fn acme_index() -> Option<openssl::ex_data::Index<Ssl, bool>> {
-    static INDEX: OnceLock<Option<openssl::ex_data::Index<Ssl, bool>>> = OnceLock::new();
-    *INDEX.get_or_init(|| Ssl::new_ex_index::<bool>().ok())
-}
-
-/// Read the ALPN extension of the ClientHello being processed.
-fn client_hello_offers_acme_tls(ssl: &mut SslRef) -> bool {
-    use foreign_types::ForeignTypeRef;
-    use pingora::tls::ssl_sys;
-    use std::os::raw::{c_uchar, c_uint};
-    const ALPN_EXTENSION: c_uint = 16;
-    let mut data: *const c_uchar = std::ptr::null();
-    let mut len: usize = 0;
-    // SAFETY: called only from the ClientHello callback, where OpenSSL documents
-    // SSL_client_hello_get0_ext as valid; `data` points into the ClientHello buffer owned by
-    // `ssl` and is read before the callback returns.
-    let found = unsafe {
-        ssl_sys::SSL_client_hello_get0_ext(ssl.as_ptr(), ALPN_EXTENSION, &mut data, &mut len)
-    };
-    if found != 1 || data.is_null() || len < 2 {
-        return false;
-    }
-    // SAFETY: OpenSSL returned `len` readable bytes at `data`.
-    let ext = unsafe { std::slice::from_raw_parts(data, len) };
-    // The extension is a 2-byte length followed by the protocol list.
-    offers_acme_tls(&ext[2..])
-}
-
 impl EdgeTls {
     fn refuse(&self, sni: Option<&str>, refusal: &Refusal) {
-        self.manager
-            .metrics()
-            .handshakes
-            .with_label_values(&[refusal.kind(), NO_SOURCE])
-            .inc();
-        if let Some(dropped) = self.refusal_log.take() {
-            // The SNI is attacker-controlled: log it escaped and bounded.
-            let sni: String = sni.unwrap_or("").escape_debug().take(100).collect();
-            let more = suppressed(dropped);
-            match refusal {
-                Refusal::IssueFailed(_)
-                | Refusal::Store(_)
-                | Refusal::BadIssue(_)
-                | Refusal::Decision(_) => {
-                    log::warn!("handshake for \"{sni}\" refused: {refusal}{more}")
-                }
-                _ => log::info!("handshake for \"{sni}\" refused: {refusal}{more}"),
-            }
-        }
+        count_refusal(&self.manager, &self.refusal_log, sni, refusal);
     }
 
     fn install(&self, ssl: &mut TlsRef, name: &Domain, ck: &CertifiedKey, source: CertSource) {
@@ -198,18 +236,19 @@ impl EdgeTls {
 #[async_trait]
 impl TlsAccept for EdgeTls {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let name = {
-            let sni = ssl.servername(NameType::HOST_NAME);
-            match self.manager.handshake_name(sni) {
-                Ok(name) => name,
-                Err(refusal) => return self.refuse(sni, &refusal),
-            }
+        // Acceptors not built by `tls_settings` (benchmarks) have no ClientHello record.
+        let (sni, acme) = match hello(ssl) {
+            Some(h) => (h.sni_str().map(str::to_owned), h.acme),
+            None => (
+                ssl.servername(NameType::HOST_NAME).map(str::to_owned),
+                false,
+            ),
         };
-        let acme_validation = acme_index()
-            .and_then(|i| ssl.ex_data(i))
-            .copied()
-            .unwrap_or(false);
-        if acme_validation {
+        let name = match self.manager.handshake_name(sni.as_deref()) {
+            Ok(name) => name,
+            Err(refusal) => return self.refuse(sni.as_deref(), &refusal),
+        };
+        if acme {
             // A CA validating TLS-ALPN-01: only the challenge certificate, never a real one,
             // and never an issuance.
             return match self.challenges.find_tls_alpn01(&name).await {
@@ -237,26 +276,11 @@ impl TlsAccept for EdgeTls {
             .handshakes_completed
             .with_label_values(&[resumed])
             .inc();
-        let name = self
-            .manager
-            .handshake_name(ssl.servername(NameType::HOST_NAME))
-            .ok()?;
+        let sni = match hello(ssl) {
+            Some(h) => h.sni_str(),
+            None => ssl.servername(NameType::HOST_NAME),
+        };
+        let name = self.manager.handshake_name(sni).ok()?;
         Some(Arc::new(ConnName(name)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn alpn_lists_are_parsed_safely() {
-        assert!(offers_acme_tls(b"\x0aacme-tls/1"));
-        assert!(offers_acme_tls(b"\x02h2\x0aacme-tls/1"));
-        assert!(!offers_acme_tls(b"\x02h2\x08http/1.1"));
-        assert!(!offers_acme_tls(b"\x0bacme-tls/1x"));
-        assert!(!offers_acme_tls(b"\x0aacme-tls")); // truncated
-        assert!(!offers_acme_tls(b"\xff"));
-        assert!(!offers_acme_tls(b""));
     }
 }

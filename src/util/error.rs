@@ -16,3 +16,8 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// An error of a remote backend (the shared PostgreSQL store), as the traits its users declare
+/// see it: something to log with its message; the backend's own error type stays in the
+/// backend.
+pub type RemoteError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -39,6 +39,7 @@ fn pg_query(url: &str, query: &str, timeout: Duration, metrics: &Arc<Metrics>) -
         list_query: tenant_edge::allow::database::DEFAULT_LIST_QUERY.to_string(),
         notify_channel: tenant_edge::allow::database::DEFAULT_NOTIFY_CHANNEL.to_string(),
         scan_interval: Duration::from_secs(600),
+        notify_probe: Duration::from_secs(30),
         timeout,
         pool_size: 4,
     };

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 /// Layers, lowest first: a module may import its own layer (without cycles) or a lower one.
 const LAYERS: &[&[&str]] = &[
-    &["util", "domain", "metrics", "logging", "pg"],
+    &["util", "domain", "metrics", "logging", "pg", "net"],
     &["allow", "limits", "certs", "shared", "tls", "http"],
     &["config"],
     &["server"],

@@ -344,3 +344,94 @@ async fn a_renewal_on_one_host_is_served_by_the_others_and_a_database_outage_cha
         h.error
     );
 }
+
+/// `n` requests for made-up challenge tokens on `http`, over keep-alive connections (a new
+/// one whenever the edge closes one); returns how many got 404.
+fn random_challenge_requests(http: SocketAddr, n: usize) -> usize {
+    use std::io::Write;
+    let mut not_found = 0;
+    let mut conn: Option<std::net::TcpStream> = None;
+    for _ in 0..n {
+        let token: String = (0..43)
+            .map(|_| {
+                let i = rand::random::<u8>() % 62;
+                (match i {
+                    0..=25 => b'a' + i,
+                    26..=51 => b'A' + i - 26,
+                    _ => b'0' + i - 52,
+                }) as char
+            })
+            .collect();
+        let request = format!(
+            "GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: shop.tenant.test\r\n\r\n"
+        );
+        for _attempt in 0..2 {
+            let s = conn.get_or_insert_with(|| {
+                let s = std::net::TcpStream::connect(http).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                s
+            });
+            if s.write_all(request.as_bytes()).is_err() {
+                conn = None;
+                continue;
+            }
+            let (head, _) = read_response(s);
+            if head.starts_with("HTTP/1.1 404") {
+                not_found += 1;
+            }
+            if head.to_ascii_lowercase().contains("connection: close") {
+                conn = None;
+            }
+            break;
+        }
+    }
+    not_found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_made_up_challenge_tokens_cost_no_shared_store_queries() {
+    let db = TestDb::create().await;
+    let proxy = TcpProxy::start(crate::common::pg::server_addr()).await;
+    let url = with_address(&db.url, proxy.addr);
+    let mut c = cluster(2, &url, 0, None, None, "http-01", "");
+    c.start_all();
+    // Wait until host 0 hears the announcements (its LISTEN connection is up).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        &c.hosts[0].setup.scrape(),
+        "tenant_edge_notify_connected",
+        &[("feed", "certificates")],
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "host 0 never connected its LISTEN feed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proxy.bytes_to_server();
+    let http = c.hosts[0].setup.http;
+    let not_found = tokio::task::spawn_blocking(move || random_challenge_requests(http, 10_000))
+        .await
+        .unwrap();
+    let sent = proxy.bytes_to_server() - before;
+    assert_eq!(not_found, 10_000);
+    // One lookup would be at least a Bind/Execute/Sync of ~60 bytes: 10,000 would be 600 KB.
+    // What passes meanwhile is the background traffic (feed probes), a constant.
+    assert!(
+        sent < 2_000,
+        "{sent} bytes of queries for 10,000 made-up tokens"
+    );
+    let m = c.hosts[0].setup.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_challenge_lookups_total",
+            &[("result", "skipped")]
+        ),
+        10_000.0,
+        "{m}"
+    );
+    eprintln!("10,000 made-up tokens: {sent} bytes sent to PostgreSQL meanwhile");
+}

@@ -134,49 +134,76 @@ async fn a_dead_backend_is_retried_on_another_before_any_health_check() {
     assert!((1.0..=6.0).contains(&retries), "{retries}");
 }
 
+/// What the upstream saw of one request carrying spoofed forwarding headers.
+async fn forwarded_as_seen_upstream(setup: &EdgeSetup, http2: bool) -> String {
+    let client = if http2 {
+        setup.client(&["shop.tenant.test"])
+    } else {
+        setup.client_with(&["shop.tenant.test"], |b| b.http1_only())
+    };
+    let resp = client
+        .get(setup.url("shop.tenant.test", "/path?q=1"))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .header("X-Forwarded-Proto", "http")
+        .header("Forwarded", "for=203.0.113.7;proto=http")
+        .header("X-Real-IP", "203.0.113.7")
+        .header("Client-IP", "203.0.113.7")
+        .header("True-Client-IP", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    let expected = if http2 {
+        reqwest::Version::HTTP_2
+    } else {
+        reqwest::Version::HTTP_11
+    };
+    assert_eq!(resp.version(), expected);
+    resp.text().await.unwrap().to_ascii_lowercase()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn forwards_host_and_x_forwarded_headers() {
+async fn spoofed_forwarding_headers_are_replaced_by_the_real_client() {
     let setup = EdgeSetup::new();
     let (_up, a) = upstream(setup.dir.path(), "a");
     let _edge = setup.start(&setup.config(&[a], ""));
+    let port = setup.https.port();
     for http2 in [false, true] {
-        let client = if http2 {
-            setup.client(&["shop.tenant.test"])
-        } else {
-            setup.client_with(&["shop.tenant.test"], |b| b.http1_only())
-        };
-        let resp = client
-            .get(setup.url("shop.tenant.test", "/path?q=1"))
-            .header("X-Forwarded-For", "203.0.113.7")
-            .header("X-Forwarded-Proto", "http")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.version(),
-            if http2 {
-                reqwest::Version::HTTP_2
-            } else {
-                reqwest::Version::HTTP_11
-            }
-        );
-        let body = resp.text().await.unwrap().to_ascii_lowercase();
-        let port = setup.https.port();
+        let body = forwarded_as_seen_upstream(&setup, http2).await;
         assert!(body.contains("get /path?q=1 http/1.1"), "{body}");
         assert!(
             body.contains(&format!("host: shop.tenant.test:{port}\n")),
             "{body}"
         );
-        assert!(
-            body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
-            "{body}"
-        );
+        assert!(body.contains("x-forwarded-for: 127.0.0.1\n"), "{body}");
         assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
-        assert!(!body.contains("x-forwarded-proto: http\n"), "{body}");
         assert!(
             body.contains(&format!("x-forwarded-host: shop.tenant.test:{port}\n")),
             "{body}"
         );
+        for spoofed in ["203.0.113.7", "proto=http", "x-forwarded-proto: http\n"] {
+            assert!(!body.contains(spoofed), "{spoofed} reached the app: {body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_keeps_its_forwarding_headers_and_is_appended() {
+    let setup = EdgeSetup::new();
+    let (_up, a) = upstream(setup.dir.path(), "a");
+    let extra = "forwarding:\n  trusted_proxies: [\"127.0.0.0/8\"]\n";
+    let _edge = setup.start(&setup.config(&[a], extra));
+    for http2 in [false, true] {
+        let body = forwarded_as_seen_upstream(&setup, http2).await;
+        assert!(
+            body.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\n"),
+            "{body}"
+        );
+        assert!(body.contains("x-forwarded-proto: http\n"), "{body}");
+        assert!(
+            body.contains("forwarded: for=203.0.113.7;proto=http\n"),
+            "{body}"
+        );
+        assert!(body.contains("x-real-ip: 203.0.113.7\n"), "{body}");
     }
 }
 

@@ -58,7 +58,9 @@ async fn migrate_applies_each_version_once() {
             "tenant_edge_certificates",
             "tenant_edge_challenges",
             "tenant_edge_locks",
-            "tenant_edge_schema_migrations"
+            "tenant_edge_orders",
+            "tenant_edge_schema_migrations",
+            "tenant_edge_ticket_keys"
         ]
     );
 }

@@ -120,10 +120,14 @@ impl InternalCa {
             .map_err(|e: rcgen::Error| IssueError::Sign(e.to_string()))?;
         params.subject_alt_names = vec![SanType::DnsName(dns)];
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = match self.key_type {
+            // An ECDSA key cannot encipher: with ECDHE suites only its signature is used.
+            KeyType::EcdsaP256 => vec![KeyUsagePurpose::DigitalSignature],
+            KeyType::Rsa2048 => vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ],
+        };
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = time::OffsetDateTime::now_utc();
@@ -194,6 +198,13 @@ mod tests {
         let issued = again.sign(&name).unwrap();
         let ck = CertifiedKey::from_bundle(&issued.bundle, Some(&name)).unwrap();
         assert_eq!(ck.names, vec!["shop.localhost"]);
+        let usage = ck.leaf().to_text().unwrap();
+        let usage = String::from_utf8_lossy(&usage);
+        assert!(usage.contains("Digital Signature"), "{usage}");
+        assert!(
+            !usage.contains("Key Encipherment"),
+            "ECDSA leaves only sign: {usage}"
+        );
         let lifetime = ck.not_after - ck.not_before;
         assert!(
             (3600..3600 + 120).contains(&lifetime),

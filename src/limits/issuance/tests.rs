@@ -1,4 +1,5 @@
 use super::*;
+use crate::limits::orders::AccountBudget;
 
 /// A clock tests move by hand.
 struct ManualClock {
@@ -35,7 +36,10 @@ fn d(s: &str) -> Domain {
 
 fn limits(settings: LimitSettings) -> (Limits, Arc<ManualClock>) {
     let clock = ManualClock::new();
-    (Limits::build(settings, None, clock.clone()), clock)
+    (
+        Limits::build(settings, None, clock.clone(), LocalOrderLog::in_memory()),
+        clock,
+    )
 }
 
 /// Only the limit under test is tight.
@@ -48,6 +52,7 @@ fn loose() -> LimitSettings {
         backoff_max: Duration::ZERO,
         backoff_capacity: 100,
         budget_per_week: None,
+        account: None,
     }
 }
 
@@ -60,6 +65,7 @@ fn defaults_are_the_documented_ones_and_valid() {
     assert_eq!(s.backoff_initial, Duration::from_secs(60));
     assert_eq!(s.backoff_max, Duration::from_secs(3600));
     assert_eq!(s.budget_per_week, Some(45));
+    assert_eq!(s.account, Some(AccountBudget::default()));
     assert!(s.validate().is_empty());
     let bad = LimitSettings {
         burst: 0,

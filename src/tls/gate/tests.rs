@@ -1,5 +1,5 @@
 use super::*;
-use crate::limits::clients::client_key;
+use crate::net::cidr::client_key;
 use crate::tls::client_hello::tests::{client_hello, split_records};
 use pingora::tls::ssl::{
     Ssl, SslAcceptor, SslContext, SslFiletype, SslMethod, SslVerifyMode, SslVersion,

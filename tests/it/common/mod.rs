@@ -72,6 +72,19 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the process said (the data directory is deleted after).
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail = &log[log.len().saturating_sub(6000)..];
+            let start = (0..=tail.len().min(4))
+                .find(|&i| tail.is_char_boundary(i))
+                .unwrap_or(0);
+            eprintln!(
+                "--- {} (last lines) ---\n{}",
+                self.log.display(),
+                &tail[start..]
+            );
+        }
     }
 }
 
@@ -364,4 +377,171 @@ pub fn sans(cert: &X509) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A TCP connection to `addr` from source address `from` (any 127.0.0.0/8 address works on
+/// Linux without configuration), Nagle off.
+pub fn tcp_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap();
+    socket
+        .connect_timeout(&addr.into(), Duration::from_secs(5))
+        .unwrap();
+    let tcp: TcpStream = socket.into();
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+/// A TLS connection over `tcp` for `sni`, offering `alpn` (e.g. `["h2"]`), not verifying the
+/// server.
+pub fn tls_over(tcp: TcpStream, sni: &str, alpn: &[&str]) -> openssl::ssl::SslStream<TcpStream> {
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    builder.set_verify(SslVerifyMode::NONE);
+    if !alpn.is_empty() {
+        let mut wire = Vec::new();
+        for p in alpn {
+            wire.push(p.len() as u8);
+            wire.extend_from_slice(p.as_bytes());
+        }
+        builder.set_alpn_protos(&wire).unwrap();
+    }
+    let connector = builder.build();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    connector
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .connect(sni, tcp)
+        .unwrap()
+}
+
+/// Whether a read error is a read timeout (not the peer closing).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
+/// Read from `s` (whose socket has a short read timeout) until the peer closes; panics if it
+/// is still open after `limit`. Returns the bytes read.
+pub fn read_until_closed(s: &mut impl Read, limit: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "still open after {limit:?} (read {} bytes)",
+            out.len()
+        );
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if timed_out(&e) => {}
+            Err(_) => return out,
+        }
+    }
+}
+
+/// Send `bytes` one at a time, reading in between for the socket's read timeout (the pace of
+/// the trickle): returns how long the peer kept the connection open, or panics if it
+/// outlasts `limit`.
+pub fn trickle(s: &mut (impl Read + Write), bytes: &[u8], limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    for b in bytes.iter().cycle() {
+        assert!(started.elapsed() < limit, "still open after {limit:?}");
+        if s.write_all(&[*b]).and_then(|()| s.flush()).is_err() {
+            return started.elapsed();
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {
+                read_until_closed(s, limit);
+                return started.elapsed();
+            }
+            Err(e) if timed_out(&e) => {}
+            Err(_) => return started.elapsed(),
+        }
+    }
+    unreachable!("cycle never ends")
+}
+
+/// Read one HTTP/1.1 response with a `Content-Length` from `s`; returns (head, body).
+pub fn read_response(s: &mut impl Read) -> (String, Vec<u8>) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut buf).expect("read a response head");
+        assert!(
+            n > 0,
+            "closed before a response: {}",
+            String::from_utf8_lossy(&raw)
+        );
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())
+                .flatten()
+        })
+        .unwrap_or(0);
+    let mut body = raw[head_end..].to_vec();
+    while body.len() < len {
+        let n = s.read(&mut buf).expect("read a response body");
+        assert!(n > 0, "closed mid-body");
+        body.extend_from_slice(&buf[..n]);
+    }
+    (head, body)
+}
+
+/// A connection for `sni` at `version`, resuming `session` when given; returns the session it
+/// ends with, whether it was resumed, and the names in the certificate it was served.
+pub fn tls_session(
+    addr: SocketAddr,
+    sni: &str,
+    version: openssl::ssl::SslVersion,
+    session: Option<&openssl::ssl::SslSession>,
+) -> (openssl::ssl::SslSession, bool, Vec<String>) {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_min_proto_version(Some(version)).unwrap();
+    b.set_max_proto_version(Some(version)).unwrap();
+    let mut ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .into_ssl(sni)
+        .unwrap();
+    if let Some(session) = session {
+        // SAFETY: the session came from a connection with the same settings.
+        unsafe { ssl.set_session(session).unwrap() };
+    }
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut s = ssl.connect(tcp).unwrap();
+    // A request, so that TLS 1.3 session tickets (sent after the handshake) are read.
+    write!(s, "GET / HTTP/1.1\r\nHost: {sni}\r\n\r\n").unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let reused = s.ssl().session_reused();
+    let names = s
+        .ssl()
+        .peer_certificate()
+        .map(|c| sans(&c))
+        .unwrap_or_default();
+    let session = s.ssl().session().unwrap().to_owned();
+    // A close_notify, or OpenSSL marks the session not resumable when the connection is freed.
+    let _ = s.shutdown();
+    (session, reused, names)
 }

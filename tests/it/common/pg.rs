@@ -5,9 +5,11 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
@@ -163,6 +165,8 @@ pub struct TcpProxy {
     pub addr: SocketAddr,
     target: SocketAddr,
     running: Mutex<Option<Running>>,
+    /// Bytes forwarded from clients to `target` so far (every query is some).
+    to_server: Arc<AtomicU64>,
 }
 
 struct Running {
@@ -180,6 +184,7 @@ impl TcpProxy {
             addr,
             target,
             running: Mutex::new(None),
+            to_server: Arc::default(),
         };
         proxy.serve(listener);
         proxy
@@ -187,13 +192,31 @@ impl TcpProxy {
 
     fn serve(&self, listener: TcpListener) {
         let target = self.target;
+        let to_server = self.to_server.clone();
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let conns = connections.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let counted = to_server.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        let (mut from_client, mut to_client) = inbound.into_split();
+                        let (mut from_server, mut to_server) = outbound.into_split();
+                        let up = async {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            while let Ok(n) = from_client.read(&mut buf).await {
+                                if n == 0 || to_server.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                                counted.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            let _ = to_server.shutdown().await;
+                        };
+                        let down = async {
+                            let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                            let _ = to_client.shutdown().await;
+                        };
+                        tokio::join!(up, down);
                     }
                 });
                 conns.lock().unwrap().push(task);
@@ -203,6 +226,11 @@ impl TcpProxy {
             accept,
             connections,
         });
+    }
+
+    /// Bytes clients sent through the proxy so far.
+    pub fn bytes_to_server(&self) -> u64 {
+        self.to_server.load(Ordering::Relaxed)
     }
 
     /// Close the listener and every connection through it.

@@ -13,7 +13,7 @@ use tokio::sync::OnceCell;
 use crate::certs::issuer::acme::client::{classify, http_client};
 use crate::certs::issuer::acme::settings::{AcmeSettings, EabSettings};
 use crate::certs::issuer::IssueError;
-use crate::certs::store::RemoteError;
+use crate::util::error::RemoteError;
 use crate::util::fs::{create_private_dir, write_atomic};
 
 /// ACME account credentials shared by several hosts, keyed by directory URL.

@@ -1,0 +1,322 @@
+//! The HTTP application Pingora runs on each listener: the `ProxyHttp` (or the port-80 app),
+//! wrapped so that no client wait is unbounded.
+//!
+//! - **HTTP/1.1 request heads** are read here, not by Pingora, which bounds each read but not a
+//!   whole head (slowloris: one byte every few seconds): the first byte of a request must come
+//!   within `timeouts.idle` (keep-alive idle, or the time after the handshake), the whole head
+//!   within `timeouts.header` of its first byte, and at most `MAX_HEAD` bytes. The head is then
+//!   handed to Pingora as already-read bytes.
+//! - **HTTP/2 streams**: past `limits.connections.requests_per_connection` a stream is refused
+//!   with REFUSED_STREAM (clients retry on a new connection); a request body with no byte for
+//!   `timeouts.body` ends the stream (Pingora has no body timeout for HTTP/2); a connection
+//!   killed elsewhere (client reset flood) ends all its streams.
+//! - **TLS-ALPN-01** validation connections (ALPN `acme-tls/1`) are closed after the handshake,
+//!   which was the whole exchange.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::protocols::http::v2::server::H2Options;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::http::timeouts::TimeoutSettings;
+use crate::limits::connections::{CloseReason, Connection, Connections};
+use crate::tls::accept::connection_key;
+
+/// Largest request head read (request line and headers), like nginx's default
+/// `large_client_header_buffers` of 4 × 8 KiB plus room. Larger ones get 431.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// The HTTP application of one listener.
+pub struct EdgeApp<A> {
+    inner: Arc<A>,
+    timeouts: TimeoutSettings,
+    connections: Arc<Connections>,
+    options: HttpServerOptions,
+    h2: Option<H2Options>,
+}
+
+impl<A> EdgeApp<A> {
+    pub fn new(
+        inner: A,
+        timeouts: TimeoutSettings,
+        connections: Arc<Connections>,
+        options: HttpServerOptions,
+        h2: Option<H2Options>,
+    ) -> EdgeApp<A> {
+        EdgeApp {
+            inner: Arc::new(inner),
+            timeouts,
+            connections,
+            options,
+            h2,
+        }
+    }
+
+    fn connection_of(&self, session: &ServerSession) -> Option<Arc<Connection>> {
+        let digest = session.digest()?.socket_digest.as_ref()?;
+        self.connections.find(connection_key(digest))
+    }
+}
+
+/// How waiting for a request head ended, when it did not produce one.
+enum NoHead {
+    Idle,
+    Slow,
+    TooBig,
+    Gone,
+    Shutdown,
+}
+
+/// The end of a request head in `buf` (`\r\n\r\n`, or bare `\n\n` as httparse accepts).
+fn head_complete(buf: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(3);
+    let tail = &buf[start..];
+    tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n")
+}
+
+/// Read one request head: the first byte within `idle`, the whole head within `header` of it.
+async fn read_head(
+    stream: &mut Stream,
+    timeouts: &TimeoutSettings,
+    shutdown: &ShutdownWatch,
+) -> Result<BytesMut, NoHead> {
+    let mut shutdown = shutdown.clone();
+    if *shutdown.borrow() {
+        return Err(NoHead::Shutdown);
+    }
+    let mut buf = BytesMut::with_capacity(4096);
+    tokio::select! {
+        read = tokio::time::timeout(timeouts.idle, stream.read_buf(&mut buf)) => match read {
+            Err(_) => return Err(NoHead::Idle),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
+            Ok(Ok(_)) => {}
+        },
+        _ = shutdown.changed() => return Err(NoHead::Shutdown),
+    }
+    let deadline = tokio::time::Instant::now() + timeouts.header;
+    let mut scanned = 0;
+    loop {
+        if head_complete(&buf, scanned) {
+            return Ok(buf);
+        }
+        scanned = buf.len();
+        if buf.len() >= MAX_HEAD {
+            return Err(NoHead::TooBig);
+        }
+        // `read_buf` is cancel-safe: no byte is lost when the deadline wins.
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) => return Err(NoHead::Slow),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// When the last byte of a request body arrived (HTTP/2), for the body timeout. The proxy
+/// touches it per chunk and finishes it at the end of the body.
+#[derive(Debug)]
+pub struct BodyClock {
+    start: Instant,
+    last_ms: AtomicU64,
+    done: AtomicBool,
+}
+
+impl BodyClock {
+    fn new() -> BodyClock {
+        BodyClock {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            done: AtomicBool::new(false),
+        }
+    }
+
+    /// A chunk arrived.
+    pub fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The body is complete: no more waiting on the client.
+    pub fn finish(&self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+
+    /// Resolves when no chunk arrived for `limit` before the body was complete.
+    async fn stalled(&self, limit: Duration) {
+        loop {
+            if self.done.load(Ordering::Relaxed) {
+                return std::future::pending().await;
+            }
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let idle = self.start.elapsed().saturating_sub(last);
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep(limit - idle).await;
+        }
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
+    async fn http1(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let keepalive = session.get_keepalive();
+        let reuses = session.get_keepalive_reuses_remaining();
+        let user_context = session.take_connection_user_context();
+        let conn = self.connection_of(&session);
+        let ServerSession::H1(h1) = session else {
+            return None;
+        };
+        let mut stream = h1.into_inner();
+        let head = match read_head(&mut stream, &self.timeouts, shutdown).await {
+            Ok(head) => head,
+            Err(why) => {
+                let reason = match why {
+                    NoHead::Idle => Some(CloseReason::IdleTimeout),
+                    NoHead::Slow => Some(CloseReason::HeaderTimeout),
+                    NoHead::Shutdown => Some(CloseReason::Shutdown),
+                    NoHead::TooBig => {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                            .await;
+                        let _ = stream.flush().await;
+                        None
+                    }
+                    NoHead::Gone => None,
+                };
+                if let (Some(reason), Some(conn)) = (reason, conn) {
+                    conn.close_because(reason);
+                }
+                return None;
+            }
+        };
+        let mut session = ServerSession::new_http1(stream);
+        session.set_keepalive(keepalive);
+        session.set_keepalive_reuses_remaining(reuses);
+        session.set_connection_user_context(user_context);
+        session.set_pipelined_prefix(head);
+        self.inner.process_new_http(session, shutdown).await
+    }
+
+    async fn http2(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let conn = self.connection_of(&session);
+        if let Some(conn) = &conn {
+            if !conn.note_request() {
+                session.shutdown_with_reason(h2::Reason::REFUSED_STREAM);
+                return None;
+            }
+        }
+        let clock = (!session.is_body_empty()).then(|| {
+            let clock = Arc::new(BodyClock::new());
+            session
+                .req_header_mut()
+                .extensions_mut()
+                .insert(clock.clone());
+            clock
+        });
+        let killed = async {
+            match &conn {
+                Some(conn) => conn.killed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let stalled = async {
+            match &clock {
+                Some(clock) => clock.stalled(self.timeouts.body).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = self.inner.process_new_http(session, shutdown) => served,
+            () = killed => None,
+            () = stalled => {
+                self.connections.count(CloseReason::BodyTimeout);
+                None
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeApp<A> {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session {
+            ServerSession::H1(_) => self.http1(session, shutdown).await,
+            session if session.is_http2() => self.http2(session, shutdown).await,
+            session => self.inner.process_new_http(session, shutdown).await,
+        }
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.h2.clone()
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+
+    async fn process_custom_session(
+        self: Arc<Self>,
+        stream: Stream,
+        _shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        // ALPN `acme-tls/1`: a CA validating TLS-ALPN-01; the handshake was the exchange.
+        drop(stream);
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_end_at_an_empty_line() {
+        assert!(head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0));
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n", 0));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        // The terminator split across reads is still found.
+        let buf = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(head_complete(buf, buf.len() - 1));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_is_noticed_and_a_finished_one_never() {
+        let clock = BodyClock::new();
+        let limit = Duration::from_millis(50);
+        let started = Instant::now();
+        clock.stalled(limit).await;
+        assert!(started.elapsed() >= limit);
+        let clock = Arc::new(BodyClock::new());
+        clock.finish();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), clock.stalled(limit))
+                .await
+                .is_err(),
+            "a complete body never stalls"
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! `forwarding:`: the headers that tell the app who the client is, in a form it can trust.
+//!
+//! The edge is the first hop by default: whatever a client sent in `X-Forwarded-For`,
+//! `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto`/`-Host`/`-Port`/`-Ssl`/`-Scheme`,
+//! `True-Client-IP`, `Client-IP` and their kin is removed (Rack reads `Forwarded` first and
+//! Rails reads `Client-IP`: a client could otherwise choose its own `request.ip` and scheme),
+//! then the edge sets `X-Forwarded-For` to the client's address, `X-Forwarded-Proto: https`
+//! and `X-Forwarded-Host`. A peer in `trusted_proxies` (a load balancer or CDN in front of the
+//! edge) keeps what it sent, and the edge appends to its `X-Forwarded-For`. The client's address
+//! is the PROXY protocol's where a trusted balancer sent one (`tls::accept`).
+
+use std::net::IpAddr;
+
+use http::header::HeaderName;
+use pingora::http::RequestHeader;
+
+use crate::net::cidr::Cidr;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardingSettings {
+    /// Peers whose forwarding headers (and PROXY protocol headers) are believed. Default: none.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl ForwardingSettings {
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers through which a client could claim an address, scheme, host or port.
+static FROM_CLIENT: [HeaderName; 15] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("true-client-ip"),
+    HeaderName::from_static("client-ip"),
+    HeaderName::from_static("x-client-ip"),
+    HeaderName::from_static("x-cluster-client-ip"),
+    HeaderName::from_static("x-original-forwarded-for"),
+    HeaderName::from_static("cf-connecting-ip"),
+];
+
+/// Rewrite the forwarding headers of a request about to go upstream. `client` is the peer
+/// (after PROXY protocol), `trusted` whether it is a trusted proxy, `host` the request's host
+/// as the client sent it.
+pub fn rewrite(
+    req: &mut RequestHeader,
+    client: Option<IpAddr>,
+    trusted: bool,
+    host: Option<&str>,
+) -> pingora::Result<()> {
+    if trusted {
+        let mut xff = req
+            .headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if let Some(ip) = client {
+            if !xff.is_empty() {
+                xff.push_str(", ");
+            }
+            xff.push_str(&ip.to_string());
+        }
+        if !xff.is_empty() {
+            req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+        }
+        if !req.headers.contains_key(&X_FORWARDED_PROTO) {
+            req.insert_header(X_FORWARDED_PROTO.clone(), "https")?;
+        }
+        if let (Some(host), false) = (host, req.headers.contains_key(&X_FORWARDED_HOST)) {
+            req.insert_header(X_FORWARDED_HOST.clone(), host)?;
+        }
+        return Ok(());
+    }
+    for name in &FROM_CLIENT {
+        if req.headers.contains_key(name) {
+            req.remove_header(name);
+        }
+    }
+    if let Some(ip) = client {
+        req.insert_header(X_FORWARDED_FOR.clone(), ip.to_string())?;
+    }
+    req.insert_header(X_FORWARDED_PROTO.clone(), "https")?;
+    if let Some(host) = host {
+        req.insert_header(X_FORWARDED_HOST.clone(), host)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        req
+    }
+
+    fn all(req: &RequestHeader, name: &str) -> Vec<String> {
+        req.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    const SPOOFED: &[(&str, &str)] = &[
+        ("X-Forwarded-For", "1.2.3.4"),
+        ("Forwarded", "for=1.2.3.4;proto=http"),
+        ("X-Real-IP", "1.2.3.4"),
+        ("X-Forwarded-Proto", "http"),
+        ("X-Forwarded-Host", "evil.example"),
+        ("X-Forwarded-Port", "80"),
+        ("X-Forwarded-Ssl", "off"),
+        ("X-Forwarded-Scheme", "http"),
+        ("True-Client-IP", "1.2.3.4"),
+        ("Client-IP", "1.2.3.4"),
+    ];
+
+    #[test]
+    fn an_untrusted_client_cannot_choose_its_address_or_scheme() {
+        let mut req = request(SPOOFED);
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        rewrite(&mut req, Some(ip), false, Some("shop.tenant.test")).unwrap();
+        assert_eq!(all(&req, "x-forwarded-for"), ["203.0.113.7"]);
+        assert_eq!(all(&req, "x-forwarded-proto"), ["https"]);
+        assert_eq!(all(&req, "x-forwarded-host"), ["shop.tenant.test"]);
+        for gone in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-port",
+            "x-forwarded-ssl",
+            "x-forwarded-scheme",
+            "true-client-ip",
+            "client-ip",
+        ] {
+            assert!(all(&req, gone).is_empty(), "{gone} passed through");
+        }
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_headers_and_gets_appended_to() {
+        let mut req = request(&[
+            ("X-Forwarded-For", "198.51.100.1"),
+            ("X-Forwarded-For", "10.0.0.9"),
+            ("X-Forwarded-Proto", "https"),
+            ("Forwarded", "for=198.51.100.1"),
+        ]);
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        rewrite(&mut req, Some(ip), true, Some("a.test")).unwrap();
+        assert_eq!(
+            all(&req, "x-forwarded-for"),
+            ["198.51.100.1, 10.0.0.9, 10.0.0.2"]
+        );
+        assert_eq!(all(&req, "forwarded"), ["for=198.51.100.1"]);
+        assert_eq!(all(&req, "x-forwarded-host"), ["a.test"]);
+    }
+
+    #[test]
+    fn trust_is_by_range() {
+        let f = ForwardingSettings {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        assert!(f.trusts("10.1.1.1".parse().unwrap()));
+        assert!(!f.trusts("11.1.1.1".parse().unwrap()));
+        assert!(!ForwardingSettings::default().trusts("10.1.1.1".parse().unwrap()));
+    }
+}
