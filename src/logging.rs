@@ -64,8 +64,9 @@ pub fn suppressed(dropped: u64) -> String {
     }
 }
 
-/// Pingora's line for a connection refused or failed before it carried a request.
-fn is_refused_connection(record: &log::Record<'_>) -> bool {
+/// Pingora's line for something a client did: a connection refused or failed before it carried
+/// a request, or a request the client broke off (stopped reading, reset, timed out).
+fn is_client_noise(record: &log::Record<'_>) -> bool {
     let starts = |prefix: &str| {
         record.args().as_str().map_or_else(
             || record.args().to_string().starts_with(prefix),
@@ -75,6 +76,7 @@ fn is_refused_connection(record: &log::Record<'_>) -> bool {
     match record.target() {
         "pingora_core::services::listening" => starts("Downstream handshake"),
         "pingora_core::apps" => starts("H2 handshake error"),
+        "pingora_proxy" => starts("Fail to proxy: Downstream"),
         _ => false,
     }
 }
@@ -93,11 +95,12 @@ impl log::Log for Filtered {
         if !self.inner.matches(record) {
             return;
         }
-        if !is_refused_connection(record) {
+        if !is_client_noise(record) {
             return self.inner.log(record);
         }
-        // A refused or failed handshake is normal traffic for an on-demand edge: logged at
-        // info, at a bounded rate, never at error (every refusal is counted in the metrics).
+        // A refused or failed handshake, or a client giving up on a request, is normal traffic
+        // for an edge on the internet: logged at info, at a bounded rate, never at error (each
+        // is counted in the metrics).
         if let Some(dropped) = self.handshakes.take() {
             let meta = log::Metadata::builder()
                 .level(log::Level::Info)

@@ -67,33 +67,55 @@ async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
             }
             head.push(l.to_string());
         }
+        if content_length > MAX_BODY {
+            write
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await?;
+            return Ok(());
+        }
         let mut body = vec![0; content_length];
         reader.read_exact(&mut body).await?;
         let request_line = head.first().cloned().unwrap_or_default();
-        let text = if request_line.starts_with("GET /up ") {
-            "OK\n".to_string()
-        } else if let Some(n) = bytes_asked(&request_line) {
-            // `GET /bytes/<n>`: a body of n bytes (at most 256 MiB), to test slow readers.
-            "x".repeat(n.min(256 << 20))
-        } else {
-            let mut t = format!("upstream: {name}\n");
-            for h in &head {
-                t.push_str(h);
-                t.push('\n');
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        if let Some(n) = bytes_asked(&request_line) {
+            // `GET /bytes/<n>`: n bytes (at most 1 GiB), written in chunks, to test slow readers.
+            let n = n.min(1 << 30);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {n}\r\nX-Upstream: {name}\r\n{connection}\r\n"
+            );
+            write.write_all(head.as_bytes()).await?;
+            let chunk = [b'x'; 64 * 1024];
+            let mut left = n;
+            while left > 0 {
+                let now = left.min(chunk.len());
+                write.write_all(&chunk[..now]).await?;
+                left -= now;
             }
-            t
-        };
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Upstream: {name}\r\n{}\r\n{text}",
-            text.len(),
-            if close { "Connection: close\r\n" } else { "" }
-        );
-        write.write_all(response.as_bytes()).await?;
+        } else {
+            let text = if request_line.starts_with("GET /up ") {
+                "OK\n".to_string()
+            } else {
+                let mut t = format!("upstream: {name}\n");
+                for h in &head {
+                    t.push_str(h);
+                    t.push('\n');
+                }
+                t
+            };
+            let response = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nX-Upstream: {name}\r\n{connection}\r\n{text}",
+                text.len(),
+            );
+            write.write_all(response.as_bytes()).await?;
+        }
         if close {
             return Ok(());
         }
     }
 }
+
+/// Largest request body read (larger ones get 413).
+const MAX_BODY: usize = 64 << 20;
 
 /// `n` of a `GET /bytes/<n> HTTP/1.1` request line.
 fn bytes_asked(request_line: &str) -> Option<usize> {

@@ -46,6 +46,7 @@ pub struct Timeouts {
     pub h2_idle: Leaf,
     pub h2_preface: Leaf,
     pub body: Leaf,
+    pub body_min_rate: Leaf,
     pub send: Leaf,
     pub tcp_keepalive: Leaf,
 }

@@ -11,6 +11,9 @@ pub fn build(t: &raw::Timeouts, errs: &mut Errors<'_>) -> Option<TimeoutSettings
     let h2_idle = opt_duration(errs, "timeouts.h2_idle", &t.h2_idle, d.h2_idle);
     let h2_preface = opt_duration(errs, "timeouts.h2_preface", &t.h2_preface, d.h2_preface);
     let body = opt_duration(errs, "timeouts.body", &t.body, d.body);
+    let body_min_rate = t.body_min_rate.as_ref().map_or(Some(d.body_min_rate), |v| {
+        errs.uint("timeouts.body_min_rate", v, 0, 1 << 30)
+    });
     let send = opt_duration(errs, "timeouts.send", &t.send, d.send);
     let tcp_keepalive = opt_duration(
         errs,
@@ -24,6 +27,7 @@ pub fn build(t: &raw::Timeouts, errs: &mut Errors<'_>) -> Option<TimeoutSettings
         h2_idle: h2_idle?,
         h2_preface: h2_preface?,
         body: body?,
+        body_min_rate: body_min_rate?,
         send: send?,
         tcp_keepalive: tcp_keepalive?,
     })

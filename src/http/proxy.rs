@@ -57,6 +57,9 @@ pub struct ClientPolicy {
 }
 
 /// Per-request state.
+/// `ErrorType::Custom` of a request body slower than `timeouts.body_min_rate`.
+const BODY_TOO_SLOW: &str = "body_too_slow";
+
 pub struct RequestCtx {
     started: Instant,
     /// The Host header as the client sent it (for X-Forwarded-Host).
@@ -65,6 +68,8 @@ pub struct RequestCtx {
     pool: Option<usize>,
     /// Backends already tried for this request (a connect failure moves on to another).
     tried: Vec<SocketAddr>,
+    /// When the first byte of the request body came, and how many bytes came since.
+    body: Option<(Instant, u64)>,
 }
 
 impl EdgeProxy {
@@ -111,6 +116,7 @@ impl ProxyHttp for EdgeProxy {
             host: None,
             pool: None,
             tried: Vec::new(),
+            body: None,
         }
     }
 
@@ -129,10 +135,27 @@ impl ProxyHttp for EdgeProxy {
     async fn request_body_filter(
         &self,
         session: &mut Session,
-        _body: &mut Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let t = &self.policy.timeouts;
+        let len = body.as_ref().map_or(0, |b| b.len() as u64);
+        let (started, bytes) = ctx.body.get_or_insert_with(|| (Instant::now(), 0));
+        *bytes += len;
+        let elapsed = started.elapsed();
+        if !end_of_stream
+            && t.body_min_rate > 0
+            && elapsed > t.body
+            && (*bytes as f64) < t.body_min_rate as f64 * elapsed.as_secs_f64()
+        {
+            return Err(Error::create(
+                ErrorType::Custom(BODY_TOO_SLOW),
+                ErrorSource::Downstream,
+                Some(format!("request body below {} bytes/s", t.body_min_rate).into()),
+                None,
+            ));
+        }
         // HTTP/2 bodies are timed by `http::app` (Pingora has no body timeout for them).
         if let Some(clock) = session.req_header().extensions.get::<Arc<BodyClock>>() {
             clock.touch();
@@ -272,6 +295,11 @@ impl ProxyHttp for EdgeProxy {
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
+                    // The client's body averages under `timeouts.body_min_rate`.
+                    ErrorType::Custom(BODY_TOO_SLOW) => {
+                        self.policy.connections.count(CloseReason::BodyTooSlow);
+                        408
+                    }
                     // The client stopped sending its body: tell it, then close.
                     ErrorType::ReadTimedout => {
                         self.policy.connections.count(CloseReason::BodyTimeout);

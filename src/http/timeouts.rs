@@ -18,6 +18,10 @@ pub struct TimeoutSettings {
     pub h2_preface: Duration,
     /// No byte of a request body for this long. Default 30s (nginx `client_body_timeout` 60s).
     pub body: Duration,
+    /// Once a request body has been arriving for `body`, it must average at least this many
+    /// bytes per second (Apache's `mod_reqtimeout` MinRate): a client trickling a byte just
+    /// inside `body` forever is cut off with 408. Default 500; 0 disables.
+    pub body_min_rate: u64,
     /// A client that stops reading the response: no progress writing for this long. Default
     /// 30s (nginx `send_timeout` 60s). Also the kernel's `TCP_USER_TIMEOUT`.
     pub send: Duration,
@@ -34,6 +38,7 @@ impl Default for TimeoutSettings {
             h2_idle: Duration::from_secs(60),
             h2_preface: Duration::from_secs(10),
             body: Duration::from_secs(30),
+            body_min_rate: 500,
             send: Duration::from_secs(30),
             tcp_keepalive: Duration::from_secs(60),
         }

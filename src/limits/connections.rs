@@ -87,6 +87,7 @@ label_set! {
         HeaderTimeout => "header_timeout",
         IdleTimeout => "idle_timeout",
         BodyTimeout => "body_timeout",
+        BodyTooSlow => "body_too_slow",
         SendTimeout => "send_timeout",
         H2PrefaceTimeout => "h2_preface_timeout",
         H2IdleTimeout => "h2_idle_timeout",

@@ -14,7 +14,7 @@ async fn first_request_gets_a_pebble_certificate(challenge: &str) {
     let (_up, up) = upstream(setup.dir.path(), "app");
     let pebble = Pebble::start(setup.dir.path(), setup.http.port(), setup.https.port());
     let config = setup.config(&[up], &pebble.issuer_yaml(&[challenge]));
-    let _edge = setup.start(&config);
+    let edge = setup.start(&config);
 
     let root = pem(&pebble.issuing_root());
     let client = setup.client_trusting(&root, &["shop.tenant.test"], |b| b);
@@ -42,6 +42,13 @@ async fn first_request_gets_a_pebble_certificate(challenge: &str) {
     );
 
     assert_eq!(pebble.orders(), 1);
+    // A validation is routine: no WARN or ERROR line for it.
+    let log = edge.log_text();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+    assert!(loud.is_empty(), "{loud:#?}");
     let m = setup.scrape();
     assert_eq!(
         metric(

@@ -28,6 +28,11 @@ const PREFIX: &str = "tenant_edge_";
 /// Alerts that must exist: name, severity, metrics the expression must use.
 const REQUIRED_ALERTS: &[(&str, &str, &[&str])] = &[
     (
+        "TenantEdgeConnectionCapReached",
+        "critical",
+        &["tenant_edge_connections_closed_total"],
+    ),
+    (
         "TenantEdgeCertificateExpiringSoon",
         "warning",
         &[

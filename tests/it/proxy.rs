@@ -287,3 +287,34 @@ async fn misdirected_requests_get_421_and_http_gets_308() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_hosts_are_refused_on_both_ports() {
+    use std::io::Write;
+    let setup = EdgeSetup::new();
+    let (_up, a) = upstream(setup.dir.path(), "a");
+    let _edge = setup.start(&setup.config(&[a], ""));
+    let (https, http) = (setup.https, setup.http);
+    tokio::task::spawn_blocking(move || {
+        for len in [254, 60_000] {
+            let host = format!("{}.tenant.test:443", "a".repeat(len));
+            let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let mut tls = tls_over(tcp_from("127.0.0.1", https), "shop.tenant.test", &[]);
+            tls.write_all(request.as_bytes()).unwrap();
+            let (head, _) = read_response(&mut tls);
+            assert!(
+                head.starts_with("HTTP/1.1 421") || head.starts_with("HTTP/1.1 400"),
+                "{len}-byte host on :443: {head}"
+            );
+            let mut plain = tcp_from("127.0.0.1", http);
+            plain.write_all(request.as_bytes()).unwrap();
+            let (head, _) = read_response(&mut plain);
+            assert!(
+                head.starts_with("HTTP/1.1 400"),
+                "{len}-byte host on :80: {head}"
+            );
+        }
+    })
+    .await
+    .unwrap();
+}

@@ -20,6 +20,7 @@ const TIMEOUTS: &str = "timeouts:
   h2_idle: 2s
   h2_preface: 1s
   body: 1s
+  body_min_rate: 1000
   send: 1s
 ";
 
@@ -84,6 +85,16 @@ impl Prober {
     }
 }
 
+/// Clients misbehaving is routine: nothing about it at WARN or ERROR.
+fn assert_quiet(edge: &Proc) {
+    let log = edge.log_text();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+}
+
 fn start(setup: &EdgeSetup) -> (Proc, Proc) {
     let (up, a) = upstream(setup.dir.path(), "a");
     let edge = setup.start(&setup.config(&[a], TIMEOUTS));
@@ -99,7 +110,7 @@ fn plain(addr: SocketAddr) -> std::net::TcpStream {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_heads_are_closed_at_the_header_timeout_on_both_ports() {
     let setup = EdgeSetup::new();
-    let (_up, _edge) = start(&setup);
+    let (_up, edge) = start(&setup);
     let prober = Prober::start(&setup);
     let head = format!(
         "GET / HTTP/1.1\r\nHost: shop.tenant.test\r\nX-Slow: {}",
@@ -129,13 +140,14 @@ async fn slow_request_heads_are_closed_at_the_header_timeout_on_both_ports() {
         "slow head on :80",
     );
     prober.finish().await;
+    assert_quiet(&edge);
     assert_eq!(closed_total(&setup, "header_timeout"), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
     let setup = EdgeSetup::new();
-    let (_up, _edge) = start(&setup);
+    let (_up, edge) = start(&setup);
     let prober = Prober::start(&setup);
     let (https, http) = (setup.https, setup.http);
     let after_request = tokio::task::spawn_blocking(move || {
@@ -178,6 +190,7 @@ async fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
     );
     near(on_80.await.unwrap(), two, slack, "idle on :80");
     prober.finish().await;
+    assert_quiet(&edge);
     // The prober's own pooled connection may also have idled out between its requests.
     assert!(closed_total(&setup, "idle_timeout") >= 3.0);
 }
@@ -209,7 +222,7 @@ async fn h2_client(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_silent_http2_connections_are_closed_at_their_timeouts() {
     let setup = EdgeSetup::new();
-    let (_up, _edge) = start(&setup);
+    let (_up, edge) = start(&setup);
     let prober = Prober::start(&setup);
 
     // A connection that sent its preface and settings, then nothing.
@@ -245,6 +258,7 @@ async fn idle_and_silent_http2_connections_are_closed_at_their_timeouts() {
         "silent h2 preface",
     );
     prober.finish().await;
+    assert_quiet(&edge);
     assert_eq!(closed_total(&setup, "h2_idle_timeout"), 1.0);
     assert_eq!(closed_total(&setup, "h2_preface_timeout"), 1.0);
 }
@@ -252,7 +266,7 @@ async fn idle_and_silent_http2_connections_are_closed_at_their_timeouts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_408_at_the_body_timeout_on_http1_and_http2() {
     let setup = EdgeSetup::new();
-    let (_up, _edge) = start(&setup);
+    let (_up, edge) = start(&setup);
     let prober = Prober::start(&setup);
 
     let https = setup.https;
@@ -303,13 +317,43 @@ async fn a_stalled_request_body_gets_408_at_the_body_timeout_on_http1_and_http2(
         "stalled HTTP/2 body",
     );
     prober.finish().await;
+    assert_quiet(&edge);
     assert_eq!(closed_total(&setup, "body_timeout"), 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_body_is_cut_at_the_minimum_rate() {
+    let setup = EdgeSetup::new();
+    let (_up, edge) = start(&setup);
+    let prober = Prober::start(&setup);
+    let https = setup.https;
+    let took = tokio::task::spawn_blocking(move || {
+        let mut s = tls_over(tcp_from("127.0.0.1", https), "shop.tenant.test", &[]);
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nHost: shop.tenant.test\r\nContent-Length: 100000\r\n\r\n",
+        )
+        .unwrap();
+        s.get_ref().set_read_timeout(Some(PACE)).unwrap();
+        // A byte every 200 ms: never idle for `body` (1 s), far below 1000 bytes/s.
+        trickle(&mut s, &[b'x'; 100_000], Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    near(
+        took,
+        Duration::from_secs(1),
+        Duration::from_millis(1500),
+        "trickled body",
+    );
+    prober.finish().await;
+    assert_quiet(&edge);
+    assert_eq!(closed_total(&setup, "body_too_slow"), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     let setup = EdgeSetup::new();
-    let (_up, _edge) = start(&setup);
+    let (_up, edge) = start(&setup);
     let prober = Prober::start(&setup);
     const SIZE: usize = 64 << 20;
     let https = setup.https;
@@ -344,4 +388,5 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
         "the whole response was delivered after all ({read} bytes)"
     );
     prober.finish().await;
+    assert_quiet(&edge);
 }
