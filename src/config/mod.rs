@@ -159,7 +159,19 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
     let allow = allow::build(&raw.allow, errs);
     let issuer = issuer::build(&raw.issuer, errs);
     let upstreams = upstreams::build(&raw.upstreams, errs);
-    let limits = limits::build(&raw.limits, errs);
+    let mut limits = limits::build(&raw.limits, errs);
+    // The account budget models an ACME CA's limit on one account; the internal CA has none
+    // unless the file asks for one.
+    if let (Some(IssuerConfig::Internal(_)), Some(l)) = (&issuer, &mut limits) {
+        let asked = raw
+            .limits
+            .issuance
+            .as_ref()
+            .is_some_and(|i| i.orders_per_3h.is_some());
+        if !asked {
+            l.issuance.account = None;
+        }
+    }
     let renewal = renewal::build_renewal(&raw.renewal, errs);
     let provisioning = renewal::build_provisioning(&raw.provisioning, errs);
     let shared_store = match &raw.store.shared {

@@ -356,3 +356,25 @@ fn routes_are_longest_suffix_first() {
     let c = parse(&doc).expect("valid");
     assert_eq!(c.upstreams.routes[0].suffix.as_str(), "admin.example.com");
 }
+
+#[test]
+fn the_account_budget_applies_to_acme_and_to_the_internal_ca_only_when_asked() {
+    let internal = parse(BASE).expect("valid");
+    assert_eq!(internal.limits.issuance.account, None);
+    let asked = parse(&format!(
+        "{BASE}limits:\n  issuance:\n    orders_per_3h: 50\n"
+    ))
+    .expect("valid");
+    let budget = asked.limits.issuance.account.expect("asked for");
+    assert_eq!((budget.limit, budget.renewal_reserve), (50, 10));
+    let acme = parse(&format!(
+        "{BASE}issuer:\n  acme:\n    directory: https://ca.test/dir\n    contact: [\"a@b.test\"]\n"
+    ))
+    .expect("valid");
+    let budget = acme
+        .limits
+        .issuance
+        .account
+        .expect("on by default with ACME");
+    assert_eq!((budget.limit, budget.renewal_reserve), (300, 60));
+}

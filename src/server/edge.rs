@@ -20,6 +20,7 @@ use crate::certs::store::{Store, StoreError};
 use crate::config::issuer::IssuerConfig;
 use crate::config::Config;
 use crate::limits::issuance::Limits;
+use crate::limits::orders::OrderLog;
 use crate::metrics::Metrics;
 use crate::server::error::BuildError;
 use crate::server::labels::closed_sets;
@@ -125,8 +126,12 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
             (Arc::new(issuer), None)
         }
     };
-    let limits = Limits::load(&config.data_dir, config.limits.issuance.clone())
+    let mut limits = Limits::load(&config.data_dir, config.limits.issuance.clone())
         .map_err(|e| data_dir_error(e.into()))?;
+    // Several hosts share one ACME account: one order budget for all of them.
+    if let Some(shared) = &shared {
+        limits = limits.with_order_log(shared.clone() as Arc<dyn OrderLog>);
+    }
     let lock = shared
         .clone()
         .zip(config.shared_store.as_ref())

@@ -435,3 +435,41 @@ async fn ten_thousand_made_up_challenge_tokens_cost_no_shared_store_queries() {
     );
     eprintln!("10,000 made-up tokens: {sent} bytes sent to PostgreSQL meanwhile");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_account_order_budget_is_shared_by_every_host() {
+    let db = TestDb::create().await;
+    let extra = "limits:\n  issuance:\n    orders_per_3h: 3\n    renewal_reserve: 1\n";
+    let mut c = cluster(2, &db.url, 0, None, None, "http-01", extra);
+    c.start_all();
+    // One new name per host: the two slots not reserved for renewals.
+    for (host, name) in [(0, "one.tenant.test"), (1, "two.tenant.test")] {
+        let h = c.handshake(host, name);
+        assert!(h.ok, "host {host}, {name}: {}", h.error);
+    }
+    // The budget is spent for both hosts.
+    for (host, name) in [(0, "three.tenant.test"), (1, "four.tenant.test")] {
+        let h = c.handshake(host, name);
+        assert!(!h.ok, "host {host} ordered {name} beyond the shared budget");
+    }
+    assert_eq!(c.pebble.orders(), 2);
+    let rows: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM tenant_edge_orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 2);
+    for host in 0..2 {
+        let m = c.hosts[host].setup.scrape();
+        assert_eq!(
+            metric(
+                &m,
+                "tenant_edge_issuances_limited_total",
+                &[("limit", "account")]
+            ),
+            1.0,
+            "host {host}: {m}"
+        );
+    }
+}

@@ -390,3 +390,22 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     prober.finish().await;
     assert_quiet(&edge);
 }
+
+#[test]
+fn client_sockets_have_tcp_keepalive() {
+    let setup = EdgeSetup::new();
+    let (_up, _edge) = start(&setup);
+    let _held = tcp_from("127.0.0.1", setup.https);
+    std::thread::sleep(Duration::from_millis(300));
+    // The edge's side of the connection, as the kernel sees it.
+    let filter = format!("( sport = :{} )", setup.https.port());
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established", &filter])
+        .output()
+        .expect("ss (iproute2) is needed for this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("timer:(keepalive"),
+        "no keepalive timer: {text}"
+    );
+}
