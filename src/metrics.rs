@@ -37,6 +37,12 @@ macro_rules! label_set {
             pub fn label(self) -> &'static str {
                 match self { $($name::$variant => $label),+ }
             }
+
+            /// The value whose label is `label`.
+            #[allow(dead_code)]
+            pub fn from_label(label: &str) -> Option<$name> {
+                match label { $($label => Some($name::$variant),)+ _ => None }
+            }
         }
     };
 }
@@ -72,6 +78,8 @@ pub struct ClosedSets {
     pub listeners: &'static [&'static str],
     pub protocols: &'static [&'static str],
     pub feeds: &'static [&'static str],
+    /// `source_circuit_open{source}`: the dynamic sources.
+    pub circuit_sources: &'static [&'static str],
     pub challenge_lookups: &'static [&'static str],
 }
 
@@ -110,6 +118,8 @@ pub struct Metrics {
     pub notifications: IntCounterVec,
     /// 1 while the LISTEN connection to PostgreSQL is up. feed: tenants | certificates.
     pub notify_connected: IntGaugeVec,
+    /// 1 while a dynamic source's circuit is open (not asked). source: database | ask.
+    pub source_circuit_open: IntGaugeVec,
     /// issuer: internal | acme; outcome: success | failure.
     pub issuances: IntCounterVec,
     pub issuance_duration: HistogramVec,
@@ -257,6 +267,12 @@ impl Metrics {
                 "1 while the LISTEN connection to PostgreSQL is up and answering its probes",
                 &["feed"],
             )?,
+            source_circuit_open: gauges(
+                &r,
+                "source_circuit_open",
+                "1 while an allow-list source is not asked after repeated failures (a probe runs)",
+                &["source"],
+            )?,
             acme_orders: counter(
                 &r,
                 "acme_orders_total",
@@ -399,6 +415,9 @@ impl Metrics {
         zero(&self.challenge_lookups, sets.challenge_lookups);
         for feed in sets.feeds {
             self.notify_connected.with_label_values(&[feed]);
+        }
+        for source in sets.circuit_sources {
+            self.source_circuit_open.with_label_values(&[source]);
         }
         for listener in sets.listeners {
             for protocol in sets.protocols {

@@ -1,8 +1,8 @@
 //! The PostgreSQL allow-list source: "does an active company own this name?"
 //!
-//! Owns a small pool of tokio-postgres connections (no TLS: the database is expected on a
-//! private network or loopback), the prepared allow-list query, and the timeout around each
-//! lookup. The default query and the schema it expects are in ARCHITECTURE.md ("The schema the
+//! Owns a small pool of tokio-postgres connections (TLS as the URL's `sslmode` says, verified
+//! against `allow.database.tls_root` or the system's roots; TCP keepalive and a server-side
+//! `statement_timeout`), the prepared allow-list query, and the timeout around each lookup. The default query and the schema it expects are in ARCHITECTURE.md ("The schema the
 //! default query expects"); `$1` is the normalized name and `dns_names citext[]` makes the
 //! match case-insensitive.
 //!
@@ -18,14 +18,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use postgres_openssl::MakeTlsConnector;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
+use crate::allow::circuit::CircuitSettings;
 use crate::allow::decision::{DecisionError, DecisionSource, NameList, Source};
 use crate::domain::Domain;
 use crate::metrics::{label_set, Metrics};
 use crate::pg::pool::{Pool, PoolClosed, Pooled};
-use crate::pg::{describe_target, is_config_error, password_of, redact_password};
+use crate::pg::{
+    connect_settings, describe_target, harden, is_config_error, password_of, redact_password,
+    redact_url,
+};
 use crate::util::error::chain;
 use crate::util::task::AbortOnDrop;
 
@@ -53,6 +58,11 @@ pub struct DatabaseSettings {
     pub notify_probe: Duration,
     pub timeout: Duration,
     pub pool_size: usize,
+    /// PEM roots that sign the server's certificate when the URL says `sslmode=require` (or
+    /// `prefer` and the server offers TLS); `None`: the system's roots.
+    pub tls_root: Option<std::path::PathBuf>,
+    /// When to stop asking a database that keeps failing, and how to find out it is back.
+    pub circuit: CircuitSettings,
 }
 
 label_set! {
@@ -118,6 +128,7 @@ pub struct PgAllowList {
     /// Every allowed name (pre-provisioning, `certs warm`).
     list_query: String,
     timeout: Duration,
+    tls: MakeTlsConnector,
     /// At most `pool_size` lookups (and so connections) at a time; idle connections, each
     /// with the query prepared.
     pool: Pool<Conn>,
@@ -130,19 +141,17 @@ impl PgAllowList {
         config: &DatabaseSettings,
         metrics: Arc<Metrics>,
     ) -> Result<PgAllowList, DecisionError> {
-        let pg: tokio_postgres::Config =
-            config
-                .url
-                .parse()
-                .map_err(|e: tokio_postgres::Error| DecisionError::Misconfigured {
+        let (mut pg, tls) =
+            connect_settings(&config.url, config.tls_root.as_deref()).map_err(|message| {
+                DecisionError::Misconfigured {
                     what: WHAT,
-                    message: format!(
-                        "allow.database.url is not a PostgreSQL URL ({}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
-                        chain(&e)
-                    ),
-                })?;
+                    message: redact_url(&config.url, format!("allow.database.url: {message}")),
+                }
+            })?;
+        harden(&mut pg, config.timeout);
         let password = password_of(&pg);
         Ok(PgAllowList {
+            tls,
             target: describe_target(&pg),
             config: pg,
             password,
@@ -208,7 +217,12 @@ impl PgAllowList {
         let (outcome, result) = match tokio::time::timeout(self.timeout, self.lookup(name)).await {
             Ok(Ok(found)) => (QueryOutcome::Ok, Ok(found)),
             Ok(Err(failure)) => (QueryOutcome::Error, Err(self.error(failure))),
-            Err(_) => (QueryOutcome::Timeout, Err(self.timeout_error())),
+            Err(_) => {
+                // The connection that timed out is gone with the future; the idle ones likely
+                // went the same way (a path that drops traffic): do not pay a timeout for each.
+                self.pool.clear();
+                (QueryOutcome::Timeout, Err(self.timeout_error()))
+            }
         };
         self.metrics
             .database_queries
@@ -217,10 +231,18 @@ impl PgAllowList {
         result
     }
 
-    /// Run the prepared query: is `name` one of an active company's names?
+    /// Run the prepared query: is `name` one of an active company's names? An
+    /// internationalized name is asked in both forms (A-label first, then the Unicode form),
+    /// so a tenant domain stored either way matches.
     async fn lookup(&self, name: &str) -> Result<bool, Failure> {
         let rows = self.run(Query::Lookup(name)).await?;
-        Ok(!rows.is_empty())
+        if !rows.is_empty() {
+            return Ok(true);
+        }
+        match unicode_form(name) {
+            Some(unicode) => Ok(!self.run(Query::Lookup(&unicode)).await?.is_empty()),
+            None => Ok(false),
+        }
     }
 
     /// Take a slot, take (or open) a connection, run `query` on it. Cancel-safe: a connection
@@ -281,7 +303,7 @@ impl PgAllowList {
     }
 
     async fn connect(&self) -> Result<Conn, Failure> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+        let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(|e| {
             let message = format!(
                 "cannot connect to PostgreSQL at {}: {}",
                 self.target,
@@ -369,6 +391,16 @@ impl PgAllowList {
     }
 }
 
+/// The Unicode form of an A-label name (`xn--bcher-kva.example` → `bücher.example`), when it
+/// has one that differs.
+fn unicode_form(name: &str) -> Option<String> {
+    if !name.starts_with("xn--") && !name.contains(".xn--") {
+        return None;
+    }
+    let (unicode, result) = idna::domain_to_unicode(name);
+    (result.is_ok() && unicode != name).then_some(unicode)
+}
+
 #[async_trait]
 impl DecisionSource for PgAllowList {
     fn source(&self) -> Source {
@@ -401,7 +433,22 @@ mod tests {
             notify_probe: Duration::from_secs(30),
             timeout: Duration::from_secs(1),
             pool_size: 2,
+            tls_root: None,
+            circuit: CircuitSettings::default(),
         }
+    }
+
+    #[test]
+    fn internationalized_names_are_also_asked_in_unicode() {
+        assert_eq!(
+            unicode_form("xn--bcher-kva.tenant.test").as_deref(),
+            Some("bücher.tenant.test")
+        );
+        assert_eq!(
+            unicode_form("shop.xn--mnchen-3ya.example").as_deref(),
+            Some("shop.münchen.example")
+        );
+        assert_eq!(unicode_form("shop.example"), None);
     }
 
     #[test]

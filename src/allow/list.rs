@@ -12,8 +12,10 @@
 //! - **Coalescing.** Concurrent callers for one name share one lookup. The lookup runs in its own
 //!   task: a handshake that gives up does not cancel it, and its answer is cached for the next.
 //! - **Stale-if-error.** When a source cannot answer, a name allowed before (within
-//!   `ALLOWED_BEFORE_TTL`) stays allowed (`stale_allowed`); a name never allowed is refused
-//!   (`fail_closed`). Neither is cached, so the first answer after the outage counts again.
+//!   `remembered::KEEP`, across restarts: `allow::remembered`) stays allowed (`stale_allowed`);
+//!   a name never allowed is refused (`fail_closed`). Either answer is cached for `stale_ttl`
+//!   only, so a brownout costs one timeout per name per `stale_ttl`, not one per handshake,
+//!   and the first answer after the outage replaces it soon.
 //!
 //! It must not touch certificates, sockets or OpenSSL, and it never returns an error for a name:
 //! a name that cannot be decided is a counted refusal. Sources own their I/O and timeouts.
@@ -29,6 +31,7 @@ use crate::allow::decision::{
     DecidedBy, Decision, DecisionError, DecisionResult, DecisionSource, Source,
 };
 use crate::allow::pattern::NamePattern;
+use crate::allow::remembered::Remembered;
 use crate::domain::Domain;
 use crate::logging::{suppressed, LogBudget};
 use crate::metrics::Metrics;
@@ -37,10 +40,6 @@ use crate::metrics::Metrics;
 /// hundred bytes, so a random-name flood is bounded at a few hundred MB at worst; least
 /// valuable entries are evicted first.
 pub const CACHE_CAPACITY: u64 = 1_000_000;
-/// Most names remembered as "allowed before" for stale-if-error.
-pub const ALLOWED_BEFORE_CAPACITY: u64 = 1_000_000;
-/// How long a yes is remembered for stale-if-error after the last time a source said it.
-pub const ALLOWED_BEFORE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long answers of the dynamic sources are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +48,9 @@ pub struct DecisionSettings {
     pub allowed_ttl: Duration,
     /// A no is trusted this long: a name added to the database is served after at most this.
     pub denied_ttl: Duration,
+    /// When no source could answer, the stale-if-error (or fail-closed) answer is kept this
+    /// long before the sources are asked again.
+    pub stale_ttl: Duration,
 }
 
 impl Default for DecisionSettings {
@@ -57,24 +59,51 @@ impl Default for DecisionSettings {
         DecisionSettings {
             allowed_ttl: Duration::from_secs(3600),
             denied_ttl: Duration::from_secs(60),
+            stale_ttl: Duration::from_secs(30),
         }
     }
 }
 
-/// Per-entry expiry: a cached yes lives `allowed_ttl`, a cached no `denied_ttl`.
+/// A cached answer: what a source said, or (`stale`) what stale-if-error or fail-closed made
+/// of a lookup no source could answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Answer {
+    decision: Decision,
+    stale: bool,
+}
+
+impl Answer {
+    fn result(self) -> DecisionResult {
+        match (self.stale, self.decision) {
+            (false, d) => d.result(),
+            (true, Decision::Allowed(_)) => DecisionResult::StaleAllowed,
+            (true, Decision::Denied) => DecisionResult::FailClosed,
+        }
+    }
+}
+
+/// Per-entry expiry: a cached yes lives `allowed_ttl`, a cached no `denied_ttl`, a stale answer
+/// `stale_ttl`.
 struct AnswerExpiry(DecisionSettings);
 
 impl AnswerExpiry {
-    fn ttl(&self, decision: &Decision) -> Duration {
-        match decision {
-            Decision::Allowed(_) => self.0.allowed_ttl,
-            Decision::Denied => self.0.denied_ttl,
+    fn ttl(&self, answer: &Answer) -> Duration {
+        match answer {
+            Answer { stale: true, .. } => self.0.stale_ttl,
+            Answer {
+                decision: Decision::Allowed(_),
+                ..
+            } => self.0.allowed_ttl,
+            Answer {
+                decision: Decision::Denied,
+                ..
+            } => self.0.denied_ttl,
         }
     }
 }
 
-impl moka::Expiry<Domain, Decision> for AnswerExpiry {
-    fn expire_after_create(&self, _: &Domain, value: &Decision, _: Instant) -> Option<Duration> {
+impl moka::Expiry<Domain, Answer> for AnswerExpiry {
+    fn expire_after_create(&self, _: &Domain, value: &Answer, _: Instant) -> Option<Duration> {
         Some(self.ttl(value))
     }
 
@@ -82,7 +111,7 @@ impl moka::Expiry<Domain, Decision> for AnswerExpiry {
     fn expire_after_update(
         &self,
         _: &Domain,
-        value: &Decision,
+        value: &Answer,
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
@@ -112,9 +141,10 @@ struct InFlight {
 /// State shared with the lookup tasks.
 struct Shared {
     sources: Vec<Arc<dyn DecisionSource>>,
-    answers: moka::sync::Cache<Domain, Decision>,
-    /// The source of the last yes for each name, for stale-if-error. A definitive no removes it.
-    allowed_before: moka::sync::Cache<Domain, Source>,
+    answers: moka::sync::Cache<Domain, Answer>,
+    /// The source of the last yes for each name, for stale-if-error (persisted). A definitive
+    /// no removes it.
+    allowed_before: Arc<Remembered>,
     lookups: Mutex<HashMap<Domain, InFlight>>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
@@ -130,7 +160,7 @@ pub struct AllowList {
 }
 
 enum Joined {
-    Cached(Decision),
+    Cached(Answer),
     Wait {
         rx: watch::Receiver<Option<Outcome>>,
         started: bool,
@@ -147,21 +177,31 @@ impl AllowList {
         AllowList::with_settings(platform, sources, DecisionSettings::default(), metrics)
     }
 
-    /// An allow-list whose cached answers live as long as `settings` says. Nothing here does
-    /// I/O or spawns: lookups start on the first `decide` for a name.
+    /// An allow-list whose cached answers live as long as `settings` says, remembering in
+    /// memory only. Nothing here does I/O or spawns: lookups start on the first `decide` for a
+    /// name.
     pub fn with_settings(
         platform: Vec<NamePattern>,
         sources: Vec<Arc<dyn DecisionSource>>,
         settings: DecisionSettings,
         metrics: Arc<Metrics>,
     ) -> AllowList {
+        let remembered = Arc::new(Remembered::in_memory());
+        AllowList::remembering(platform, sources, settings, remembered, metrics)
+    }
+
+    /// `with_settings`, with "allowed before" kept in `allowed_before` (loaded from the data
+    /// directory, flushed by the server's background service).
+    pub fn remembering(
+        platform: Vec<NamePattern>,
+        sources: Vec<Arc<dyn DecisionSource>>,
+        settings: DecisionSettings,
+        allowed_before: Arc<Remembered>,
+        metrics: Arc<Metrics>,
+    ) -> AllowList {
         let answers = moka::sync::Cache::builder()
             .max_capacity(CACHE_CAPACITY)
             .expire_after(AnswerExpiry(settings))
-            .build();
-        let allowed_before = moka::sync::Cache::builder()
-            .max_capacity(ALLOWED_BEFORE_CAPACITY)
-            .time_to_live(ALLOWED_BEFORE_TTL)
             .build();
         AllowList {
             platform,
@@ -223,14 +263,14 @@ impl AllowList {
                 .count(DecidedBy::Platform, DecisionResult::Denied);
             return Ok(Decision::Denied);
         }
-        if let Some(decision) = self.shared.answers.get(name) {
-            self.shared.count(DecidedBy::Cache, decision.result());
-            return Ok(decision);
+        if let Some(answer) = self.shared.answers.get(name) {
+            self.shared.count(DecidedBy::Cache, answer.result());
+            return Ok(answer.decision);
         }
         let (mut rx, started) = match self.join_or_start(name) {
-            Joined::Cached(decision) => {
-                self.shared.count(DecidedBy::Cache, decision.result());
-                return Ok(decision);
+            Joined::Cached(answer) => {
+                self.shared.count(DecidedBy::Cache, answer.result());
+                return Ok(answer.decision);
             }
             Joined::Wait { rx, started } => (rx, started),
         };
@@ -284,7 +324,7 @@ impl AllowList {
     }
 
     /// The decision for `name` if one is known without any I/O: a platform domain, no dynamic
-    /// source at all, or a cached answer.
+    /// source at all, or a cached answer (a stale one included).
     pub fn cached(&self, name: &Domain) -> Option<Decision> {
         if self.platform_match(name).is_some() {
             return Some(Decision::Allowed(Source::Platform));
@@ -292,7 +332,34 @@ impl AllowList {
         if self.shared.sources.is_empty() {
             return Some(Decision::Denied);
         }
-        self.shared.answers.get(name)
+        self.shared.answers.get(name).map(|a| a.decision)
+    }
+
+    /// What is remembered as allowed before (for the background flush).
+    pub fn remembered(&self) -> &Arc<Remembered> {
+        &self.shared.allowed_before
+    }
+
+    /// After a full read of the database's names (`listed`): drop every cached database
+    /// decision that disagrees with it (a yes for a name no longer listed, a no for a name now
+    /// listed), so the next handshake asks again. Changes missed while the LISTEN connection
+    /// was down are repaired this way. Returns how many answers were dropped.
+    pub fn forget_unlisted(&self, listed: &std::collections::HashSet<Domain>) -> usize {
+        let stale: Vec<Domain> = self
+            .shared
+            .answers
+            .iter()
+            .filter(|(name, answer)| match answer.decision {
+                Decision::Allowed(Source::Database) => !listed.contains(name.as_ref()),
+                Decision::Denied => listed.contains(name.as_ref()),
+                Decision::Allowed(_) => false,
+            })
+            .map(|(name, _)| (*name).clone())
+            .collect();
+        for name in &stale {
+            self.forget(name);
+        }
+        stale.len()
     }
 
     /// Join the lookup in progress for `name`, or start one.
@@ -306,8 +373,8 @@ impl AllowList {
         }
         // A lookup that finished between our cache check and the lock has cached its answer
         // (it caches before it unregisters, under this lock): do not query twice.
-        if let Some(decision) = self.shared.answers.get(name) {
-            return Joined::Cached(decision);
+        if let Some(answer) = self.shared.answers.get(name) {
+            return Joined::Cached(answer);
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(None);
@@ -375,22 +442,34 @@ impl Shared {
         }
     }
 
-    /// Record a lookup's outcome: cache a definitive answer (unless `forget` unregistered the
-    /// lookup meanwhile) and keep "allowed before" up to date.
+    /// Record a lookup's outcome: cache it (unless `forget` unregistered the lookup meanwhile)
+    /// and keep "allowed before" up to date. A failed lookup caches its stale-if-error or
+    /// fail-closed answer for `stale_ttl`.
     fn finish(&self, name: &Domain, id: u64, outcome: &Outcome) {
         let mut lookups = self.lock_lookups();
         let current = lookups.get(name).is_some_and(|f| f.id == id);
-        if let Outcome::Answered(decision) = outcome {
-            match decision {
-                Decision::Allowed(source) => self.allowed_before.insert(name.clone(), *source),
-                // A definitive no (company deactivated, domain removed) ends stale-if-error.
-                Decision::Denied => self.allowed_before.invalidate(name),
+        let answer = match outcome {
+            Outcome::Answered(decision) => {
+                match decision {
+                    Decision::Allowed(source) => self.allowed_before.remember(name, *source),
+                    // A definitive no (company deactivated, domain removed) ends stale-if-error.
+                    Decision::Denied => self.allowed_before.revoke(name),
+                }
+                Answer {
+                    decision: *decision,
+                    stale: false,
+                }
             }
-            if current {
-                self.answers.insert(name.clone(), *decision);
-            }
-        }
+            Outcome::Failed { .. } => Answer {
+                decision: self
+                    .allowed_before
+                    .get(name)
+                    .map_or(Decision::Denied, Decision::Allowed),
+                stale: true,
+            },
+        };
         if current {
+            self.answers.insert(name.clone(), answer);
             lookups.remove(name);
         }
     }

@@ -8,16 +8,20 @@
 //! - `database`: PostgreSQL, "does an active company own this name?" (the default query and the
 //!   schema it expects are in ARCHITECTURE.md).
 //! - `ask`: a Caddy-compatible ask URL.
+//! - `circuit`: stop asking a source that keeps failing until a background probe answers.
+//! - `remembered`: "allowed before", persisted, for stale-if-error across restarts.
 //! - `explain`: why a name is allowed or refused, in words (`tenant-edge allow`, `certs`).
 //!
 //! Nothing here touches certificates, sockets or OpenSSL.
 
 pub mod ask;
+pub mod circuit;
 pub mod database;
 pub mod decision;
 pub mod explain;
 pub mod list;
 pub mod pattern;
+pub mod remembered;
 
 use crate::allow::ask::AskSettings;
 use crate::allow::database::DatabaseSettings;

@@ -51,6 +51,8 @@ pub trait SharedChallenges: Send + Sync {
     ) -> Result<(), RemoteError>;
     async fn tls_alpn01(&self, name: &Domain) -> Result<Option<Vec<u8>>, RemoteError>;
     async fn delete_tls_alpn01(&self, name: &Domain) -> Result<(), RemoteError>;
+    /// `kind:id` of every live entry (at most a few thousand).
+    async fn live_keys(&self) -> Result<Vec<String>, RemoteError>;
 }
 
 label_set! {
@@ -146,6 +148,23 @@ impl Challenges {
         self.hearing.store(hearing, Ordering::Release);
     }
 
+    /// The announcements can be heard again: learn the entries announced while they could
+    /// not (one query). Until it answers, unannounced lookups stay rate-limited.
+    pub async fn resync(&self) {
+        let Some(shared) = &self.shared else { return };
+        match shared.live_keys().await {
+            Ok(keys) => {
+                for key in keys {
+                    self.announce(&key);
+                }
+                self.set_hearing(true);
+            }
+            Err(e) => log::warn!(
+                "cannot list the live challenges ({e}); looking them up one by one, rate-limited"
+            ),
+        }
+    }
+
     fn count(&self, result: LookupResult) {
         self.metrics
             .challenge_lookups
@@ -238,16 +257,30 @@ impl Challenges {
         key_authorization: String,
     ) -> ChallengeGuard {
         if let Some(shared) = &self.shared {
-            if let Err(e) = shared
+            match shared
                 .put_http01(token, &key_authorization, SHARED_TTL)
                 .await
             {
-                log::warn!(
+                Ok(()) => self.hear_own(&format!("{HTTP01}:{token}")).await,
+                Err(e) => log::warn!(
                     "could not share the HTTP-01 response ({e}); only this host can answer it"
-                );
+                ),
             }
         }
         self.publish_http01(token, key_authorization)
+    }
+
+    /// Wait (a little) until this host hears its own announcement of `key`: the other hosts,
+    /// listening on the same channel, have heard it by then too, so the CA that is told to
+    /// validate next finds it wherever it connects.
+    async fn hear_own(&self, key: &str) {
+        if !self.hearing.load(Ordering::Acquire) {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.announced.contains_key(key) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Publish a TLS-ALPN-01 certificate here and, with several hosts, in the shared store.
@@ -258,8 +291,11 @@ impl Challenges {
     ) -> Result<ChallengeGuard, BundleError> {
         let cert = CertifiedKey::from_bundle(bundle, Some(name))?;
         if let Some(shared) = &self.shared {
-            if let Err(e) = shared.put_tls_alpn01(name, bundle, SHARED_TTL).await {
-                log::warn!("could not share the TLS-ALPN-01 certificate ({e}); only this host can answer it");
+            match shared.put_tls_alpn01(name, bundle, SHARED_TTL).await {
+                Ok(()) => self.hear_own(&format!("{TLS_ALPN01}:{name}")).await,
+                Err(e) => log::warn!(
+                    "could not share the TLS-ALPN-01 certificate ({e}); only this host can answer it"
+                ),
             }
         }
         Ok(self.publish_tls_alpn01(name, cert))

@@ -233,7 +233,9 @@ impl Maintenance {
         next
     }
 
-    /// Read the whole allow-list and queue the names without a certificate.
+    /// Read the whole allow-list: drop every cached decision it contradicts (a yes for a name
+    /// no longer listed, a no for a name now listed: changes whose notification was missed),
+    /// and, with pre-provisioning, queue the names without a certificate.
     async fn scan(&self, state: &mut State) {
         let Some((list, interval)) = &self.inputs.scan else {
             return;
@@ -246,6 +248,16 @@ impl Maintenance {
                 return;
             }
         };
+        let listed: HashSet<Domain> = names.iter().cloned().collect();
+        let dropped = self.manager.allow_list().forget_unlisted(&listed);
+        if dropped > 0 {
+            log::info!(
+                "the allow-list scan found {dropped} cached decisions out of date; they are asked again"
+            );
+        }
+        if !self.provisioning.enabled {
+            return;
+        }
         let held: HashSet<Domain> = self
             .manager
             .held_certificates()
@@ -357,13 +369,15 @@ impl BackgroundService for Maintenance {
             let mut sleep = state
                 .next_renewal_look
                 .saturating_duration_since(Instant::now());
-            if self.provisioning.enabled {
-                if self.inputs.scan.is_some() {
-                    if Instant::now() >= state.next_scan {
-                        self.scan(&mut state).await;
-                    }
-                    sleep = sleep.min(state.next_scan.saturating_duration_since(Instant::now()));
+            // The scan also repairs changes missed while the LISTEN connection was down, so it
+            // runs with pre-provisioning off too.
+            if self.inputs.scan.is_some() {
+                if Instant::now() >= state.next_scan {
+                    self.scan(&mut state).await;
                 }
+                sleep = sleep.min(state.next_scan.saturating_duration_since(Instant::now()));
+            }
+            if self.provisioning.enabled {
                 if let Some(wait) = self.provision(&mut state).await {
                     sleep = sleep.min(wait);
                 }

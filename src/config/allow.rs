@@ -1,6 +1,7 @@
 //! `allow:`: platform domains, the database and the ask URL.
 
 use crate::allow::ask::AskSettings;
+use crate::allow::circuit::CircuitSettings;
 use crate::allow::database::{
     DatabaseSettings, DEFAULT_ALLOW_QUERY, DEFAULT_LIST_QUERY, DEFAULT_NOTIFY_CHANNEL,
 };
@@ -22,6 +23,7 @@ pub fn build(a: &raw::Allow, errs: &mut Errors<'_>) -> Option<AllowSettings> {
     let ask = a.ask.as_ref().and_then(|k| build_ask(k, errs));
     let allowed_ttl = opt_duration(errs, "allow.allowed_ttl", &a.allowed_ttl, secs(3600));
     let denied_ttl = opt_duration(errs, "allow.denied_ttl", &a.denied_ttl, secs(60));
+    let stale_ttl = opt_duration(errs, "allow.stale_ttl", &a.stale_ttl, secs(30));
     if platform_domains.is_empty() && database.is_none() && ask.is_none() && errs.list.is_empty() {
         errs.push(
             "allow",
@@ -36,6 +38,7 @@ pub fn build(a: &raw::Allow, errs: &mut Errors<'_>) -> Option<AllowSettings> {
         cache: DecisionSettings {
             allowed_ttl: allowed_ttl?,
             denied_ttl: denied_ttl?,
+            stale_ttl: stale_ttl?,
         },
     })
 }
@@ -110,7 +113,29 @@ fn build_database(d: &raw::Database, errs: &mut Errors<'_>) -> Option<DatabaseSe
         &d.notify_probe,
         secs(30),
     );
+    let d_circuit = CircuitSettings::default();
+    let circuit_failures = d
+        .circuit_failures
+        .as_ref()
+        .map_or(Some(d_circuit.failures), |v| {
+            errs.uint("allow.database.circuit_failures", v, 1, 1000)
+                .map(|n| n as u32)
+        });
+    let circuit_probe = opt_duration(
+        errs,
+        "allow.database.circuit_probe",
+        &d.circuit_probe,
+        d_circuit.probe_interval,
+    );
+    let tls_root = d.tls_root.as_ref().map_or(Some(None), |v| {
+        errs.path("allow.database.tls_root", v).map(Some)
+    });
     Some(DatabaseSettings {
+        tls_root: tls_root?,
+        circuit: CircuitSettings {
+            failures: circuit_failures?,
+            probe_interval: circuit_probe?,
+        },
         url: url?,
         query: query?,
         list_query: list_query?,

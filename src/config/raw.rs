@@ -80,6 +80,7 @@ pub struct Shared {
     pub lock_lease: Leaf,
     pub timeout: Leaf,
     pub notify_probe: Leaf,
+    pub tls_root: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -157,6 +158,7 @@ pub struct Allow {
     pub ask: Option<Ask>,
     pub allowed_ttl: Leaf,
     pub denied_ttl: Leaf,
+    pub stale_ttl: Leaf,
 }
 
 #[derive(Deserialize, Default)]
@@ -169,6 +171,9 @@ pub struct Database {
     pub notify_probe: Leaf,
     pub timeout: Leaf,
     pub pool_size: Leaf,
+    pub circuit_failures: Leaf,
+    pub circuit_probe: Leaf,
+    pub tls_root: Leaf,
 }
 
 #[derive(Deserialize, Default)]

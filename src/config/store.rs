@@ -66,7 +66,11 @@ pub fn build(sh: &raw::Shared, errs: &mut Errors<'_>) -> Option<SharedSettings> 
         &sh.notify_probe,
         secs(30),
     );
+    let tls_root = sh.tls_root.as_ref().map_or(Some(None), |v| {
+        errs.path("store.shared.tls_root", v).map(Some)
+    });
     Some(SharedSettings {
+        tls_root: tls_root?,
         url: url?,
         encryption_key: encryption_key?,
         migrate_on_start: migrate_on_start?,

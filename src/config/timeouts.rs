@@ -21,6 +21,23 @@ pub fn build(t: &raw::Timeouts, errs: &mut Errors<'_>) -> Option<TimeoutSettings
         &t.tcp_keepalive,
         d.tcp_keepalive,
     );
+    for (key, value) in [
+        ("timeouts.header", header),
+        ("timeouts.idle", idle),
+        ("timeouts.h2_idle", h2_idle),
+        ("timeouts.h2_preface", h2_preface),
+        ("timeouts.body", body),
+        ("timeouts.send", send),
+        ("timeouts.tcp_keepalive", tcp_keepalive),
+    ] {
+        if value.is_some_and(|v| v.is_zero()) {
+            errs.push(
+                key,
+                None,
+                "must be longer than 0s (0 would close every connection at once)",
+            );
+        }
+    }
     Some(TimeoutSettings {
         header: header?,
         idle: idle?,

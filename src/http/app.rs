@@ -75,9 +75,15 @@ enum NoHead {
     Shutdown,
 }
 
-/// The end of a request head in `buf` (`\r\n\r\n`, or bare `\n\n` as httparse accepts).
+/// The end of a request head in `buf` (`\r\n\r\n`, or bare `\n\n` as httparse accepts),
+/// looking from `from` on. Empty lines before the request line do not count: httparse skips
+/// them, so a head made of them alone would be handed to Pingora unfinished, and Pingora
+/// bounds each read but not the whole head.
 fn head_complete(buf: &[u8], from: usize) -> bool {
-    let start = from.saturating_sub(3);
+    let Some(first) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return false;
+    };
+    let start = from.saturating_sub(3).max(first);
     let tail = &buf[start..];
     tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n")
 }
@@ -301,6 +307,14 @@ mod tests {
         // The terminator split across reads is still found.
         let buf = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         assert!(head_complete(buf, buf.len() - 1));
+        // Empty lines before the request line are no head (httparse skips them).
+        assert!(!head_complete(b"\r\n\r\n", 0));
+        assert!(!head_complete(b"\r\n\r\nGE", 0));
+        assert!(!head_complete(b"\n\n\n", 0));
+        assert!(head_complete(
+            b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            0
+        ));
     }
 
     #[tokio::test]

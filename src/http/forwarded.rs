@@ -90,6 +90,21 @@ pub fn rewrite(
             req.remove_header(name);
         }
     }
+    // The same names spelt with underscores (`X_Forwarded_For`): Rack maps both spellings to
+    // one variable, and some app servers let the underscore one win.
+    let underscored: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|k| k.as_str().contains('_'))
+        .filter(|k| {
+            let dashed = k.as_str().replace('_', "-");
+            FROM_CLIENT.iter().any(|f| f.as_str() == dashed)
+        })
+        .cloned()
+        .collect();
+    for name in &underscored {
+        req.remove_header(name);
+    }
     if let Some(ip) = client {
         req.insert_header(X_FORWARDED_FOR.clone(), ip.to_string())?;
     }
@@ -131,6 +146,8 @@ mod tests {
         ("X-Forwarded-Scheme", "http"),
         ("True-Client-IP", "1.2.3.4"),
         ("Client-IP", "1.2.3.4"),
+        ("X_Forwarded_For", "1.2.3.4"),
+        ("Client_IP", "1.2.3.4"),
     ];
 
     #[test]
@@ -149,6 +166,8 @@ mod tests {
             "x-forwarded-scheme",
             "true-client-ip",
             "client-ip",
+            "x_forwarded_for",
+            "client_ip",
         ] {
             assert!(all(&req, gone).is_empty(), "{gone} passed through");
         }

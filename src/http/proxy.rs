@@ -126,8 +126,12 @@ impl ProxyHttp for EdgeProxy {
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
         let t = &self.policy.timeouts;
-        // HTTP/1.1: no byte of the body for `body`; both: no progress writing for `send`.
-        session.set_read_timeout(Some(t.body));
+        // HTTP/1.1: no byte of the body for `body`; both: no progress writing for `send`. An
+        // upgrade (WebSocket) gets its pool's `upgrade_timeout` in `upstream_peer` instead:
+        // after the 101, this read timeout is the client side's idle timeout.
+        if !session.is_upgrade_req() {
+            session.set_read_timeout(Some(t.body));
+        }
         session.set_write_timeout(Some(t.send));
         Ok(())
     }
@@ -144,7 +148,9 @@ impl ProxyHttp for EdgeProxy {
         let (started, bytes) = ctx.body.get_or_insert_with(|| (Instant::now(), 0));
         *bytes += len;
         let elapsed = started.elapsed();
+        // An upgraded connection (WebSocket) carries messages, not a body: no rate applies.
         if !end_of_stream
+            && !session.is_upgrade_req()
             && t.body_min_rate > 0
             && elapsed > t.body
             && (*bytes as f64) < t.body_min_rate as f64 * elapsed.as_secs_f64()

@@ -172,6 +172,8 @@ struct Inner {
     persist: Option<Persist>,
     /// Where the account budget counts orders (this host's file, or the shared store).
     orders: Arc<dyn OrderLog>,
+    /// This host's file: where orders are counted when the shared store cannot be asked.
+    local_orders: Arc<LocalOrderLog>,
 }
 
 struct State {
@@ -259,7 +261,7 @@ impl Limits {
         settings: LimitSettings,
         path: Option<PathBuf>,
         clock: Arc<dyn Clock>,
-        orders: Arc<dyn OrderLog>,
+        local_orders: Arc<LocalOrderLog>,
     ) -> Limits {
         let now = clock.now();
         let wall = clock.unix_now();
@@ -291,14 +293,16 @@ impl Limits {
                     flags: Mutex::new(PersistFlags::default()),
                     write_lock: Mutex::new(()),
                 }),
-                orders,
+                orders: local_orders.clone(),
+                local_orders,
             }),
         }
     }
 
     /// Count an order that holds `permit` against the account budget. `Err`: the budget is
-    /// spent; drop the permit with [`OrderPermit::abandon`] (nothing was ordered). A log that
-    /// cannot be asked counts the order in this host's memory only, and the error is logged.
+    /// spent; drop the permit with [`OrderPermit::abandon`] (nothing was ordered). When the
+    /// shared log cannot be asked, the order is counted against this host's own file (the same
+    /// budget, for this host alone), so an outage of the store never leaves orders uncounted.
     pub async fn charge_account(&self, permit: &OrderPermit, renewal: bool) -> Result<(), Limited> {
         let Some(budget) = self.inner.settings.account else {
             return Ok(());
@@ -314,8 +318,26 @@ impl Limits {
                 retry_in: spent.retry_in,
             }),
             Err(e) => {
-                log::warn!("the account order budget could not be counted ({e}); ordering");
-                Ok(())
+                log::warn!(
+                    "the shared account order budget could not be counted ({e}); counting this order on this host"
+                );
+                match self
+                    .inner
+                    .local_orders
+                    .record(registered, renewal, &budget)
+                    .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(spent)) => Err(Limited::Account {
+                        used: spent.used,
+                        limit: budget.limit,
+                        reserve: budget.renewal_reserve,
+                        window: budget.window,
+                        retry_in: spent.retry_in,
+                    }),
+                    // The local log never fails to answer (a failed write is logged).
+                    Err(_) => Ok(()),
+                }
             }
         }
     }
@@ -335,7 +357,9 @@ impl Limits {
 
     /// Like [`Limits::try_acquire`] for the renewal of a certificate we already hold: it skips
     /// the global rate limit (renewals are paced by the renewal loop and must not starve behind
-    /// a burst of new names) but obeys the backoff, the concurrency cap and the budget.
+    /// a burst of new names) and the weekly per-domain budget (Let's Encrypt exempts renewals
+    /// from it; a flood of new names under one domain must not stop its renewals), but obeys
+    /// the backoff and the concurrency cap.
     pub fn try_acquire_renewal(&self, name: &Domain) -> Result<OrderPermit, Limited> {
         self.acquire(name, true)
     }
@@ -358,7 +382,7 @@ impl Limits {
 
         let registered = registered_domain(name);
         let mut state = lock(&inner.state);
-        if let Some(limit) = s.budget_per_week {
+        if let Some(limit) = s.budget_per_week.filter(|_| !renewal) {
             if let Some(q) = state.budget.get_mut(registered) {
                 prune(q, wall);
                 if q.len() >= limit as usize {
@@ -396,7 +420,7 @@ impl Limits {
             }
         }
 
-        let counted = if s.budget_per_week.is_some() {
+        let counted = if s.budget_per_week.is_some() && !renewal {
             state
                 .budget
                 .entry(registered.to_string())

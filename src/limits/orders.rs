@@ -86,7 +86,10 @@ const ORDERS_FILE_VERSION: u32 = 1;
 /// This host's count, in memory and in `<data_dir>/limits/orders.json`.
 pub struct LocalOrderLog {
     path: Option<PathBuf>,
-    orders: Mutex<VecDeque<i64>>,
+    orders: Arc<Mutex<VecDeque<i64>>>,
+    /// Held while writing the file, with the snapshot taken under it: a later write never
+    /// carries an older snapshot.
+    write_lock: Arc<Mutex<()>>,
 }
 
 impl LocalOrderLog {
@@ -99,7 +102,8 @@ impl LocalOrderLog {
         let orders = read(&path);
         Ok(Arc::new(LocalOrderLog {
             path: Some(path),
-            orders: Mutex::new(orders),
+            orders: Arc::new(Mutex::new(orders)),
+            write_lock: Arc::default(),
         }))
     }
 
@@ -107,7 +111,8 @@ impl LocalOrderLog {
     pub fn in_memory() -> Arc<LocalOrderLog> {
         Arc::new(LocalOrderLog {
             path: None,
-            orders: Mutex::new(VecDeque::new()),
+            orders: Arc::default(),
+            write_lock: Arc::default(),
         })
     }
 
@@ -160,19 +165,28 @@ impl OrderLog for LocalOrderLog {
         renewal: bool,
         budget: &AccountBudget,
     ) -> Result<Result<(), Spent>, RemoteError> {
-        let snapshot = match self.record_at(unix_now(), renewal, budget) {
-            Ok(snapshot) => snapshot,
-            Err(spent) => return Ok(Err(spent)),
-        };
+        if let Err(spent) = self.record_at(unix_now(), renewal, budget) {
+            return Ok(Err(spent));
+        }
         if let Some(path) = self.path.clone() {
-            let file = OrdersFile {
-                version: ORDERS_FILE_VERSION,
-                orders: snapshot,
-            };
-            let json = serde_json::to_vec(&file).unwrap_or_default();
-            let written = tokio::task::spawn_blocking(move || write_atomic(&path, &json, 0o600))
-                .await
-                .map_err(|e| e.to_string());
+            let (orders, write_lock) = (self.orders.clone(), self.write_lock.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                let _writing = write_lock.lock().unwrap_or_else(|p| p.into_inner());
+                let snapshot: Vec<i64> = orders
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .copied()
+                    .collect();
+                let file = OrdersFile {
+                    version: ORDERS_FILE_VERSION,
+                    orders: snapshot,
+                };
+                let json = serde_json::to_vec(&file).unwrap_or_default();
+                write_atomic(&path, &json, 0o600)
+            })
+            .await
+            .map_err(|e| e.to_string());
             match written {
                 Ok(Ok(())) => {}
                 // Counted in memory; only a restart before the next write would forget it.

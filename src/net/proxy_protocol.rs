@@ -23,9 +23,12 @@ pub enum Parsed {
     /// More bytes are needed: at least `need` in total.
     Incomplete { need: usize },
     /// A whole header of `len` bytes; `addresses` is `None` for `LOCAL`/`UNKNOWN`/`UNSPEC`.
+    /// `local`: a v2 `LOCAL` command (the balancer's own connection, a health check), as
+    /// opposed to a client's connection whose address the balancer did not know.
     Header {
         len: usize,
         addresses: Option<(SocketAddr, SocketAddr)>,
+        local: bool,
     },
     /// Not a PROXY header, or a malformed one.
     Invalid(&'static str),
@@ -72,6 +75,7 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         ["UNKNOWN", ..] => Parsed::Header {
             len,
             addresses: None,
+            local: false,
         },
         [family @ ("TCP4" | "TCP6"), src, dst, sport, dport] => {
             let v4 = *family == "TCP4";
@@ -89,6 +93,7 @@ fn parse_v1(buf: &[u8]) -> Parsed {
                 (Some(s), Some(d), Some(sp), Some(dp)) => Parsed::Header {
                     len,
                     addresses: Some((SocketAddr::new(s, sp), SocketAddr::new(d, dp))),
+                    local: false,
                 },
                 _ => Parsed::Invalid("a PROXY v1 line with malformed addresses or ports"),
             }
@@ -123,6 +128,7 @@ fn parse_v2(buf: &[u8]) -> Parsed {
             return Parsed::Header {
                 len,
                 addresses: None,
+                local: true,
             }
         }
         1 => {}
@@ -158,7 +164,11 @@ fn parse_v2(buf: &[u8]) -> Parsed {
         0x00 => None,
         _ => return Parsed::Invalid("a PROXY v2 header for another transport than TCP"),
     };
-    Parsed::Header { len, addresses }
+    Parsed::Header {
+        len,
+        addresses,
+        local: false,
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +213,8 @@ mod tests {
             parse(line),
             Parsed::Header {
                 len: 43,
-                addresses: Some((sa("203.0.113.7:51234"), sa("10.0.0.5:443")))
+                addresses: Some((sa("203.0.113.7:51234"), sa("10.0.0.5:443"))),
+                local: false,
             }
         );
         let v6 = b"PROXY TCP6 2001:db8::1 2001:db8::2 1 443\r\n";
@@ -218,7 +229,8 @@ mod tests {
             parse(b"PROXY UNKNOWN\r\n"),
             Parsed::Header {
                 len: 15,
-                addresses: None
+                addresses: None,
+                local: false,
             }
         );
         for bad in [
@@ -251,7 +263,8 @@ mod tests {
             parse(&stream),
             Parsed::Header {
                 len: h.len(),
-                addresses: Some((sa("198.51.100.9:40000"), sa("10.0.0.5:443")))
+                addresses: Some((sa("198.51.100.9:40000"), sa("10.0.0.5:443"))),
+                local: false,
             }
         );
         let h6 = v2(sa("[2001:db8::9]:1"), sa("[2001:db8::5]:443"), &[]);

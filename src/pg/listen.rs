@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 use crate::metrics::{label_set, Metrics};
 use crate::util::task::AbortOnDrop;
@@ -42,6 +42,9 @@ label_set! {
 pub enum Event {
     /// LISTEN is in place (again): notifications sent before now may have been missed.
     Connected,
+    /// The connection was lost (a reconnection follows): notifications are missed until the
+    /// next `Connected`.
+    Disconnected,
     /// A notification on `channel`.
     Message { channel: String, payload: String },
 }
@@ -55,6 +58,8 @@ pub struct Listen {
     /// A round trip on the connection this often; no answer within the connect timeout means
     /// the connection is dead.
     pub probe: Duration,
+    /// PEM roots for TLS (`sslmode` in the URL); `None`: the system's.
+    pub tls_root: Option<std::path::PathBuf>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,6 +78,9 @@ pub async fn listen(listen: Listen, events: mpsc::Sender<Event>, metrics: Arc<Me
         match ended {
             Ok(()) => return,
             Err(e) => {
+                if events.send(Event::Disconnected).await.is_err() {
+                    return;
+                }
                 if started.elapsed() >= HEALTHY {
                     backoff = Duration::from_millis(250);
                 }
@@ -96,11 +104,13 @@ async fn session(
     events: &mpsc::Sender<Event>,
     connected: &prometheus::IntGauge,
 ) -> Result<(), String> {
-    let (client, mut connection) =
-        tokio::time::timeout(CONNECT_TIMEOUT, tokio_postgres::connect(&listen.url, NoTls))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| format!("connect failed: {e}"))?;
+    let (mut config, tls) = crate::pg::connect_settings(&listen.url, listen.tls_root.as_deref())
+        .map_err(|e| crate::pg::redact_url(&listen.url, e))?;
+    crate::pg::harden(&mut config, CONNECT_TIMEOUT);
+    let (client, mut connection) = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(tls))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect failed: {e}"))?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Result<(String, String), String>>();
     // The connection must be polled for the LISTEN below to complete and for notifications.
     let driver = tokio::spawn(async move {

@@ -1,9 +1,11 @@
 //! The small connection pool both PostgreSQL users share: the allow-list lookups
 //! (`allow::database`) and the multi-host store (`shared`). Each keeps its own connection type
 //! (the allow-list's carries a prepared statement) and its own errors; this holds what is the
-//! same: a bound on connections in use, idle connections kept for reuse, broken ones dropped.
+//! same: a bound on connections in use, idle connections kept for reuse (at most `MAX_IDLE`),
+//! broken ones dropped, all idle ones dropped after a timeout.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -15,9 +17,13 @@ pub trait Pooled {
 /// At most `size` connections in use at a time (a slot each), idle ones kept for the next user.
 /// The lock is never held across an await.
 pub struct Pool<C> {
-    idle: Mutex<Vec<C>>,
+    idle: Mutex<Vec<(C, Instant)>>,
     slots: Semaphore,
 }
+
+/// An idle connection older than this is closed rather than reused: a firewall or NAT may have
+/// forgotten it, and finding out costs a whole timeout.
+pub const MAX_IDLE: Duration = Duration::from_secs(60);
 
 /// The pool was closed (it never is while its owner lives; kept as an error, not a panic).
 pub struct PoolClosed;
@@ -36,11 +42,12 @@ impl<C: Pooled> Pool<C> {
         self.slots.acquire().await.map_err(|_| PoolClosed)
     }
 
-    /// An idle connection that is still open, if any (closed ones are dropped on the way).
+    /// An idle connection that is still open and was used within `MAX_IDLE`, if any (others
+    /// are dropped on the way).
     pub fn take(&self) -> Option<C> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(conn) = idle.pop() {
-            if !conn.is_closed() {
+        while let Some((conn, since)) = idle.pop() {
+            if !conn.is_closed() && since.elapsed() < MAX_IDLE {
                 return Some(conn);
             }
         }
@@ -53,8 +60,14 @@ impl<C: Pooled> Pool<C> {
             self.idle
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+                .push((conn, Instant::now()));
         }
+    }
+
+    /// Drop every idle connection: one of them just timed out, the others probably went the
+    /// same way (a network path that silently drops traffic), and each would cost a timeout.
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Idle connections kept right now.

@@ -4,9 +4,11 @@
 use std::sync::Arc;
 
 use crate::allow::ask::AskUrl;
+use crate::allow::circuit::Circuit;
 use crate::allow::database::PgAllowList;
 use crate::allow::decision::DecisionSource;
 use crate::allow::list::AllowList;
+use crate::allow::remembered::Remembered;
 use crate::certs::challenge::{Challenges, SharedChallenges};
 use crate::certs::disk::DiskStore;
 use crate::certs::issuer::acme::account::AccountStore;
@@ -31,7 +33,7 @@ use crate::util::fs::create_private_dir;
 /// Builds clients but connects nothing (connections open on first use, inside a runtime).
 pub fn allow_list(config: &Config, metrics: &Arc<Metrics>) -> Result<AllowList, BuildError> {
     let database = database(config, metrics)?;
-    allow_list_with(config, metrics, database)
+    allow_list_with(config, metrics, database, Arc::new(Remembered::in_memory()))
 }
 
 /// The database allow-list source, when configured (also used to list names and LISTEN).
@@ -54,18 +56,20 @@ pub fn allow_list_with(
     config: &Config,
     metrics: &Arc<Metrics>,
     database: Option<Arc<PgAllowList>>,
+    remembered: Arc<Remembered>,
 ) -> Result<AllowList, BuildError> {
     let mut sources: Vec<Arc<dyn DecisionSource>> = Vec::new();
-    if let Some(pg) = database {
-        sources.push(pg);
+    if let (Some(pg), Some(db)) = (database, &config.allow.database) {
+        sources.push(Arc::new(Circuit::new(pg, db.circuit, metrics.clone())));
     }
     if let Some(ask) = &config.allow.ask {
         sources.push(Arc::new(AskUrl::new(ask, metrics.clone())));
     }
-    Ok(AllowList::with_settings(
+    Ok(AllowList::remembering(
         config.allow.platform_domains.clone(),
         sources,
         config.allow.cache,
+        remembered,
         metrics.clone(),
     ))
 }
@@ -99,7 +103,15 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
         None => Challenges::new(None, metrics.clone()),
     });
     let database = database(config, &metrics)?;
-    let allow = Arc::new(allow_list_with(config, &metrics, database.clone())?);
+    // "Allowed before" survives restarts: a restart during a database outage still serves
+    // every tenant allowed before.
+    let remembered = Arc::new(Remembered::load(&config.data_dir));
+    let allow = Arc::new(allow_list_with(
+        config,
+        &metrics,
+        database.clone(),
+        remembered,
+    )?);
     let disk = DiskStore::open(&config.data_dir).map_err(data_dir_error)?;
     let store: Arc<dyn Store> = match &shared {
         Some(shared) => Arc::new(LayeredStore::new(disk, shared.clone() as Arc<dyn Store>)),
@@ -179,6 +191,14 @@ pub fn shared_store(config: &Config) -> Result<Option<Arc<SharedStore>>, BuildEr
     })?;
     if let Some(env) = key_env {
         store = store.with_key_env(env);
+    }
+    if let Some(root) = &sh.tls_root {
+        store = store
+            .with_tls_root(&sh.url, root)
+            .map_err(|e| BuildError::Source {
+                key: "store.shared.tls_root",
+                message: e.to_string(),
+            })?;
     }
     Ok(Some(Arc::new(store)))
 }

@@ -29,6 +29,7 @@ pub fn maintenance_inputs(config: &Config, edge: &Edge) -> Inputs {
             channels: vec![settings.notify_channel.clone()],
             kind: FeedKind::Tenants,
             probe: settings.notify_probe,
+            tls_root: settings.tls_root.clone(),
         };
         let metrics = edge.metrics.clone();
         let feed: Feed = Box::new(move |changes| {
@@ -76,9 +77,17 @@ async fn forward(
         let change = match event {
             Event::Connected => {
                 if let Some(c) = &challenges {
-                    c.set_hearing(true);
+                    // Hearing again once what was announced meanwhile is known.
+                    let c = c.clone();
+                    tokio::spawn(async move { c.resync().await });
                 }
                 Change::Resync
+            }
+            Event::Disconnected => {
+                if let Some(c) = &challenges {
+                    c.set_hearing(false);
+                }
+                continue;
             }
             Event::Message { channel, payload } if channel == CHALLENGES_CHANNEL => {
                 if let Some(c) = &challenges {

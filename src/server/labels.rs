@@ -44,6 +44,7 @@ pub fn closed_sets() -> ClosedSets {
         listeners: Listener::LABELS,
         protocols: Protocol::LABELS,
         feeds: FeedKind::LABELS,
+        circuit_sources: &["database", "ask"],
         challenge_lookups: LookupResult::LABELS,
     }
 }

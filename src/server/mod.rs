@@ -17,6 +17,7 @@ pub mod error;
 pub mod feeds;
 pub mod labels;
 pub mod listen;
+pub mod remember;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
 
+use crate::allow::remembered::RememberedStore;
 use crate::certs::maintain::Maintenance;
 use crate::config::Config;
 use crate::http::app::EdgeApp;
@@ -42,6 +44,7 @@ use crate::server::edge::{build_edge, Edge};
 use crate::server::error::BuildError;
 use crate::server::feeds::maintenance_inputs;
 use crate::server::listen::socket_options;
+use crate::server::remember::RememberService;
 use crate::tls::accept::{Accept, ProxyProtocol};
 use crate::tls::gate::{ClientGate, EdgeNames};
 use crate::tls::handshake::{listener_buffers, tls_settings};
@@ -75,6 +78,13 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
         edge.metrics.clone(),
     );
     server.add_service(background_service("certificate maintenance", maintenance));
+    if edge.allow.has_sources() {
+        let remember = RememberService {
+            allow: edge.allow.clone(),
+            shared: edge.shared.clone().map(|s| s as Arc<dyn RememberedStore>),
+        };
+        server.add_service(background_service("allowed names", remember));
+    }
 
     let tickets =
         TicketKeys::new(config.tls.ticket_key_rotation).map_err(|e| BuildError::Listener {

@@ -136,6 +136,24 @@ impl SharedStore {
         row.map(|row| self.column(op, &row, 0)).transpose()
     }
 
+    /// `kind:id` of every challenge response stored and not expired (what a host that could
+    /// not hear the announcements for a while may have missed).
+    pub async fn live_challenges(&self) -> Result<Vec<String>, SharedError> {
+        const OP: &str = "listing the live challenges";
+        self.bounded(OP, async {
+            let rows = self
+                .query(
+                    OP,
+                    "SELECT kind || ':' || id FROM tenant_edge_challenges
+                     WHERE expires_at > now() LIMIT 10000",
+                    &[],
+                )
+                .await?;
+            rows.iter().map(|row| self.column(OP, row, 0)).collect()
+        })
+        .await
+    }
+
     pub(super) async fn delete_challenge(
         &self,
         op: &'static str,
@@ -186,5 +204,9 @@ impl SharedChallenges for SharedStore {
 
     async fn delete_tls_alpn01(&self, name: &Domain) -> Result<(), RemoteError> {
         Ok(SharedStore::delete_tls_alpn01(self, name).await?)
+    }
+
+    async fn live_keys(&self) -> Result<Vec<String>, RemoteError> {
+        Ok(self.live_challenges().await?)
     }
 }

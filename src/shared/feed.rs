@@ -35,6 +35,7 @@ pub async fn follow(
         channels,
         kind: FeedKind::Certificates,
         probe,
+        tls_root: settings.tls_root.clone(),
     };
     listen(how, events, metrics).await;
 }

@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../migrations/0002_orders_and_ticket_keys.sql"),
     ),
+    (3, include_str!("../../migrations/0003_allowed_names.sql")),
 ];
 
 impl SharedStore {

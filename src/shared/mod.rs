@@ -74,6 +74,7 @@ pub mod feed;
 pub mod locks;
 pub mod migrate;
 pub mod orders;
+pub mod remembered;
 pub mod store;
 pub mod tickets;
 
@@ -93,6 +94,8 @@ pub struct SharedSettings {
     pub timeout: Duration,
     /// How often the LISTEN connection is asked a round trip (a silently dead one is replaced).
     pub notify_probe: Duration,
+    /// PEM roots for TLS to PostgreSQL (`sslmode` in the URL); `None`: the system's.
+    pub tls_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for SharedSettings {

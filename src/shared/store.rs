@@ -4,14 +4,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use postgres_openssl::MakeTlsConnector;
 use tokio::sync::SemaphorePermit;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use crate::certs::store::StoreError;
 use crate::domain::Domain;
 use crate::pg::pool::{Pool, PoolClosed, Pooled};
-use crate::pg::{describe_target, is_config_error, password_of, redact_password};
+use crate::pg::{
+    connect_settings, describe_target, harden, is_config_error, password_of, redact_password,
+    redact_url,
+};
 use crate::util::error::chain;
 use crate::util::task::AbortOnDrop;
 
@@ -133,6 +137,8 @@ pub struct SharedStore {
     pub(super) timeout: Duration,
     /// At most `POOL_SIZE` operations (and so connections) at a time; idle connections.
     pub(super) pool: Pool<Conn>,
+    /// TLS as the URL's `sslmode` says.
+    pub(super) tls: MakeTlsConnector,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -154,15 +160,11 @@ impl SharedStore {
         key: Option<[u8; 32]>,
         timeout: Duration,
     ) -> Result<SharedStore, SharedError> {
-        let mut pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
-            let message = chain(&e);
-            SharedError::Misconfigured(format!(
-                "the shared store URL is not a PostgreSQL URL ({}); expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE",
-                redact_url_secret(url, message)
-            ))
+        let (mut pg, tls) = connect_settings(url, None).map_err(|message| {
+            SharedError::Misconfigured(redact_url(url, format!("the shared store URL: {message}")))
         })?;
         let password = password_of(&pg);
-        pg.connect_timeout(timeout);
+        harden(&mut pg, timeout);
         if pg.get_application_name().is_none() {
             // Shows up in pg_stat_activity, beside the lock rows' holders.
             pg.application_name("tenant-edge");
@@ -175,7 +177,21 @@ impl SharedStore {
             key_env: KEY_ENV.to_string(),
             timeout,
             pool: Pool::new(POOL_SIZE),
+            tls,
         })
+    }
+
+    /// Verify the server's certificate against the PEM roots in `root` (`store.shared.tls_root`)
+    /// instead of the system's.
+    pub fn with_tls_root(
+        mut self,
+        url: &str,
+        root: &std::path::Path,
+    ) -> Result<SharedStore, SharedError> {
+        let (_, tls) = connect_settings(url, Some(root))
+            .map_err(|m| SharedError::Misconfigured(format!("store.shared.tls_root: {m}")))?;
+        self.tls = tls;
+        Ok(self)
     }
 
     /// Name the place the key comes from in error messages (default [`KEY_ENV`]).
@@ -200,11 +216,15 @@ impl SharedStore {
     ) -> Result<T, SharedError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(result) => result,
-            Err(_) => Err(SharedError::Timeout {
-                op,
-                target: self.target.clone(),
-                timeout: self.timeout,
-            }),
+            Err(_) => {
+                // The idle connections probably went the way of the one that timed out.
+                self.pool.clear();
+                Err(SharedError::Timeout {
+                    op,
+                    target: self.target.clone(),
+                    timeout: self.timeout,
+                })
+            }
         }
     }
 
@@ -286,7 +306,7 @@ impl SharedStore {
     }
 
     pub(super) async fn connect(&self, op: &'static str) -> Result<Conn, SharedError> {
-        let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
+        let (client, connection) = self.config.connect(self.tls.clone()).await.map_err(|e| {
             let message = format!(
                 "cannot connect to PostgreSQL at {}: {}",
                 self.target,
@@ -314,12 +334,8 @@ impl SharedStore {
                 );
             }
         }));
-        // The server gives up on a statement when we do (e.g. a lock wait past the timeout).
-        let ms = self.timeout.as_millis().clamp(1, i32::MAX as u128);
-        client
-            .batch_execute(&format!("SET statement_timeout = {ms}"))
-            .await
-            .map_err(|e| self.query_error(op, &e, e.is_closed() || client.is_closed()))?;
+        // The server gives up on a statement when we do (e.g. a lock wait past the timeout):
+        // `statement_timeout` is set at connection start (`pg::harden`).
         Ok(Conn {
             client,
             _task: task,
@@ -393,22 +409,6 @@ pub(super) fn store_error(op: &'static str, name: Option<&Domain>, e: SharedErro
         op,
         path: PathBuf::from(path),
         source: std::io::Error::other(e),
-    }
-}
-
-/// A URL that does not parse has no parsed password to redact: hide whatever sits between
-/// `user:` and `@` in case the parser quoted it.
-fn redact_url_secret(url: &str, message: String) -> String {
-    let secret = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split(['/', '?']).next())
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|p| !p.is_empty());
-    match secret {
-        Some(secret) => message.replace(secret, "***"),
-        None => message,
     }
 }
 

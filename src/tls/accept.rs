@@ -23,7 +23,7 @@ use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
 use crate::limits::connections::{CloseReason, Connection, Connections, Listener};
-use crate::net::cidr::Cidr;
+use crate::net::cidr::{canonical, Cidr};
 use crate::net::proxy_protocol::{self, Parsed};
 use crate::tls::gate::ClientGate;
 
@@ -42,9 +42,11 @@ impl ProxyProtocol {
     /// Whether a connection accepted on `local` must start with a PROXY header.
     pub fn expected_on(&self, local: Option<SocketAddr>) -> bool {
         let Some(local) = local else { return false };
-        self.listeners
-            .iter()
-            .any(|l| l.port() == local.port() && (l.ip() == local.ip() || l.ip().is_unspecified()))
+        let ip = canonical(local.ip());
+        self.listeners.iter().any(|l| {
+            let wildcard = l.ip().is_unspecified() && l.ip().is_ipv4() == ip.is_ipv4();
+            l.port() == local.port() && (canonical(l.ip()) == ip || wildcard)
+        })
     }
 
     pub fn trusts(&self, peer: IpAddr) -> bool {
@@ -78,9 +80,13 @@ pub async fn accept_proxy_header(
     let mut buf = vec![0u8; 256];
     let mut filled = 0;
     let deadline = tokio::time::Instant::now() + proxy.timeout;
-    let (len, addresses) = loop {
+    let (len, addresses, local) = loop {
         match proxy_protocol::parse(&buf[..filled]) {
-            Parsed::Header { len, addresses } => break (len, addresses),
+            Parsed::Header {
+                len,
+                addresses,
+                local,
+            } => break (len, addresses, local),
             Parsed::Invalid(_) => return Err(CloseReason::ProxyInvalid),
             Parsed::Incomplete { need } => {
                 if need > proxy_protocol::V2_MAX {
@@ -97,6 +103,21 @@ pub async fn accept_proxy_header(
         }
     };
     stream.rewind(&buf[len..filled]);
+    let addresses = match (addresses, local) {
+        (Some(pair), _) => Some(pair),
+        // The balancer's own connection (a health check): its address is the right one.
+        (None, true) => None,
+        // A client whose address the balancer did not know (`UNKNOWN`, `UNSPEC`): not the
+        // balancer's, whose trust (forwarding headers) and limits it must not get.
+        (None, false) => {
+            let unknown = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+            let local = stream
+                .get_socket_digest()
+                .and_then(|d| inet(d.local_addr()))
+                .unwrap_or(unknown);
+            Some((unknown, local))
+        }
+    };
     if let Some((src, dst)) = addresses {
         let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
         let _ = digest.peer_addr.set(Some(PeerAddr::Inet(src)));

@@ -5,8 +5,10 @@
 //! Time is cut into periods of `rotation`; the key of period `p` encrypts new tickets during
 //! `p`, and the keys of `p - 1` and `p + 1` still decrypt (a ticket from the previous period,
 //! a host whose clock is a little ahead). A ticket lives at most one period
-//! (`SSL_CTX_set_timeout`), so a key is forgotten two periods after it stopped encrypting:
-//! that is the forward secrecy of resumed sessions. Keys come from a [`TicketKeyStore`]: this
+//! (`SSL_CTX_set_timeout`), so a key is forgotten one period after it stopped encrypting:
+//! that is the forward secrecy of resumed sessions (for the keys in memory; with the shared
+//! store, a key is also in PostgreSQL — encrypted with `store.shared.encryption_key_env` when
+//! set — and in its backups until they expire). Keys come from a [`TicketKeyStore`]: this
 //! process's memory, or the shared store.
 //!
 //! The only unsafe code is the OpenSSL callback: the openssl crate exposes no ticket-key API.

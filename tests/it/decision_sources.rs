@@ -42,6 +42,8 @@ fn pg_query(url: &str, query: &str, timeout: Duration, metrics: &Arc<Metrics>) -
         notify_probe: Duration::from_secs(30),
         timeout,
         pool_size: 4,
+        tls_root: None,
+        circuit: Default::default(),
     };
     Arc::new(PgAllowList::new(&config, metrics.clone()).unwrap())
 }
@@ -55,6 +57,7 @@ fn allow_list(
     let settings = DecisionSettings {
         allowed_ttl: allowed,
         denied_ttl: denied,
+        stale_ttl: Duration::from_millis(1),
     };
     Arc::new(AllowList::with_settings(
         vec![],
@@ -253,7 +256,11 @@ async fn database_outage_serves_known_names_refuses_new_ones_and_recovers() {
     assert_eq!(decisions(&m, "database", "fail_closed"), 1);
     assert_eq!(queries(&m, "ok"), 1);
     assert_eq!(queries(&m, "error") + queries(&m, "timeout"), 2);
-    assert!(!list.is_known(&later), "a failure is not cached");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(
+        !list.is_known(&later),
+        "a failure is cached for stale_ttl only"
+    );
 
     proxy.restart().await;
     assert_eq!(
@@ -506,6 +513,7 @@ async fn sources_are_asked_in_order() {
         DecisionSettings {
             allowed_ttl: LONG,
             denied_ttl: LONG,
+            stale_ttl: Duration::from_millis(1),
         },
         m.clone(),
     );

@@ -55,6 +55,7 @@ async fn migrate_applies_each_version_once() {
         tables,
         [
             "tenant_edge_acme_accounts",
+            "tenant_edge_allowed",
             "tenant_edge_certificates",
             "tenant_edge_challenges",
             "tenant_edge_locks",

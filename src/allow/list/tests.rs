@@ -51,6 +51,7 @@ fn list(source: Arc<Scripted>, allowed: u64, denied: u64) -> (AllowList, Arc<Met
     let settings = DecisionSettings {
         allowed_ttl: Duration::from_millis(allowed),
         denied_ttl: Duration::from_millis(denied),
+        stale_ttl: Duration::from_millis(1),
     };
     let list = AllowList::with_settings(vec![], vec![source], settings, metrics.clone());
     (list, metrics)
@@ -172,10 +173,46 @@ async fn stale_if_error_then_fail_closed_then_recovery() {
     assert_eq!(list.decide(&never).await.unwrap(), Decision::Denied);
     assert_eq!(count(&metrics, "database", "fail_closed"), 1);
     assert_eq!(count(&metrics, "database", "error"), 2);
-    // Failures are not cached: the next call asks again, and recovery is immediate.
+    // Failures are cached for `stale_ttl` only (1 ms here): then the next call asks again.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert!(!list.is_known(&never));
     source.set(Some(true));
     assert!(list.decide(&never).await.unwrap().is_allowed());
+}
+
+#[tokio::test]
+async fn a_brownout_costs_one_lookup_per_name_per_stale_ttl() {
+    let source = Scripted::new(Some(true));
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let settings = DecisionSettings {
+        allowed_ttl: Duration::from_millis(50),
+        denied_ttl: Duration::from_millis(50),
+        stale_ttl: Duration::from_millis(300),
+    };
+    let list = AllowList::with_settings(vec![], vec![source.clone()], settings, metrics.clone());
+    let known = d("shop.tenant.test");
+    assert!(list.decide(&known).await.unwrap().is_allowed());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    source.set(None);
+    let before = source.calls.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        assert!(list.decide(&known).await.unwrap().is_allowed());
+        assert_eq!(
+            list.decide(&d("new.tenant.test")).await.unwrap(),
+            Decision::Denied
+        );
+    }
+    assert_eq!(
+        source.calls.load(Ordering::SeqCst) - before,
+        2,
+        "one failed lookup per name, then the stale answers"
+    );
+    assert_eq!(count(&metrics, "cache", "stale_allowed"), 19);
+    assert_eq!(count(&metrics, "cache", "fail_closed"), 19);
+    // After stale_ttl the source is asked again (and recovery shows at once).
+    source.set(Some(false));
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(list.decide(&known).await.unwrap(), Decision::Denied);
 }
 
 #[tokio::test]
