@@ -9,8 +9,8 @@
 //! help text beside the field, so that the families read as one table.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 /// A closed set of metric label values: a fieldless enum with `label()` and `LABELS` (every
@@ -107,6 +107,8 @@ pub struct Metrics {
     pub issuances_limited: IntCounterVec,
     /// ACME orders. challenge: http-01 | tls-alpn-01; outcome: valid | invalid | error.
     pub acme_orders: IntCounterVec,
+    /// ACME accounts registered again because the CA no longer knew ours.
+    pub acme_accounts_replaced: IntCounter,
     pub acme_order_duration: HistogramVec,
     /// Background renewals. outcome: renewed | failed | skipped_not_allowed.
     pub renewals: IntCounterVec,
@@ -193,6 +195,11 @@ impl Metrics {
             "Unix time of the earliest notAfter among certificates held in memory (0 when none)",
         )?;
         r.register(Box::new(soonest_expiry.clone()))?;
+        let acme_accounts_replaced = IntCounter::new(
+            "tenant_edge_acme_accounts_replaced_total",
+            "ACME accounts registered again because the CA no longer knew the one in use",
+        )?;
+        r.register(Box::new(acme_accounts_replaced.clone()))?;
 
         const LATENCY: &[f64] = &[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -300,6 +307,7 @@ impl Metrics {
                 ISSUANCE,
             )?,
             certificates_cached,
+            acme_accounts_replaced,
             soonest_expiry,
             store_corrupt: counter(
                 &r,

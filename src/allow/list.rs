@@ -343,8 +343,8 @@ impl AllowList {
     /// After a full read of the database's names (`listed`): drop every cached database
     /// decision that disagrees with it (a yes for a name no longer listed, a no for a name now
     /// listed), so the next handshake asks again. Changes missed while the LISTEN connection
-    /// was down are repaired this way. Returns how many answers were dropped.
-    pub fn forget_unlisted(&self, listed: &std::collections::HashSet<Domain>) -> usize {
+    /// was down are repaired this way. Returns the names whose answers were dropped.
+    pub fn forget_unlisted(&self, listed: &std::collections::HashSet<Domain>) -> Vec<Domain> {
         let stale: Vec<Domain> = self
             .shared
             .answers
@@ -359,7 +359,7 @@ impl AllowList {
         for name in &stale {
             self.forget(name);
         }
-        stale.len()
+        stale
     }
 
     /// Join the lookup in progress for `name`, or start one.

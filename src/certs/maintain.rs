@@ -101,6 +101,10 @@ pub struct Inputs {
     pub issued_elsewhere: Option<Feed>,
     /// Every allowed name, read every `scan_interval` for pre-provisioning.
     pub scan: Option<(Arc<dyn NameList>, Duration)>,
+    /// Called with each name whose decision was dropped (a notification, or the scan found it
+    /// out of date), after it was dropped: the server closes the name's WebSockets if it is
+    /// no longer allowed.
+    pub on_change: Option<Arc<dyn Fn(Domain) + Send + Sync>>,
 }
 
 pub struct Maintenance {
@@ -250,10 +254,16 @@ impl Maintenance {
         };
         let listed: HashSet<Domain> = names.iter().cloned().collect();
         let dropped = self.manager.allow_list().forget_unlisted(&listed);
-        if dropped > 0 {
+        if !dropped.is_empty() {
             log::info!(
-                "the allow-list scan found {dropped} cached decisions out of date; they are asked again"
+                "the allow-list scan found {} cached decisions out of date; they are asked again",
+                dropped.len()
             );
+        }
+        if let Some(hook) = &self.inputs.on_change {
+            for name in dropped {
+                hook(name);
+            }
         }
         if !self.provisioning.enabled {
             return;
@@ -396,6 +406,9 @@ impl BackgroundService for Maintenance {
                             Change::Name(name) => {
                                 self.manager.allow_list().forget(&name);
                                 log::info!("{name}: tenant change notified; decision dropped");
+                                if let Some(hook) = &self.inputs.on_change {
+                                    hook(name.clone());
+                                }
                                 if self.provisioning.enabled {
                                     enqueue(&mut state, name);
                                 }

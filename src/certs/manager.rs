@@ -445,15 +445,20 @@ impl CertManager {
                     }
                 }
                 Err(e) => {
-                    // Availability first: with the database down there is nobody to coordinate
-                    // with; the limits still bound what this host orders.
-                    log::warn!(
-                        "{name}: the issuance lock is unavailable ({e}); ordering without it"
-                    );
-                    return self.issue(name, old).await;
+                    // Never order without the lock: another host may be ordering the same name.
+                    // Wait for the store to come back (a certificate another host stored may be
+                    // there by then).
+                    if Instant::now() > give_up {
+                        return Err(Refusal::Store(format!(
+                            "the issuance lock for {name} is unavailable ({e}); not ordering without it"
+                        )));
+                    }
+                    log::warn!("{name}: the issuance lock is unavailable ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
+        let held = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let keepalive = {
             let (store, holder, lease, name) = (
                 shared.locks.clone(),
@@ -461,20 +466,34 @@ impl CertManager {
                 shared.lease,
                 name.clone(),
             );
+            let held = held.clone();
             AbortOnDrop(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
                     if !matches!(store.extend_lock(&name, &holder, lease).await, Ok(true)) {
+                        held.store(false, std::sync::atomic::Ordering::Release);
                         log::warn!("{name}: lost the issuance lock while ordering");
                         return;
                     }
                 }
             }))
         };
+        // Before storing: the lease must still be ours (checked again now, not only by the
+        // keepalive), or another host may have ordered too and stored its certificate.
+        let lease_held = || async {
+            held.load(std::sync::atomic::Ordering::Acquire)
+                && matches!(
+                    shared
+                        .locks
+                        .extend_lock(name, &shared.holder, shared.lease)
+                        .await,
+                    Ok(true)
+                )
+        };
         let result = match self.load_usable(name, old).await {
             Ok(Some(ck)) => Ok((ck, CertSource::Disk)),
             Ok(None) => {
-                let issued = self.issue(name, old).await;
+                let issued = self.issue_checked(name, old, Some(&lease_held)).await;
                 if issued.is_ok() {
                     if let Err(e) = shared.locks.notify_issued(name).await {
                         log::warn!("{name}: could not notify the other hosts: {e}");
@@ -518,7 +537,7 @@ impl CertManager {
             }
         };
         let charged = match attempt {
-            Ok(permit) => match self.limits.charge_account(&permit, renewal).await {
+            Ok(mut permit) => match self.limits.charge_account(&mut permit, renewal).await {
                 Ok(()) => Ok(permit),
                 Err(limited) => {
                     permit.abandon();
@@ -543,6 +562,22 @@ impl CertManager {
     /// Place a new order (or, with `old`, a renewal replacing it) within the limits; save and
     /// return the certificate.
     async fn issue(&self, name: &Domain, old: Option<&Arc<CertifiedKey>>) -> Outcome {
+        self.issue_checked(name, old, None::<&fn() -> std::future::Ready<bool>>)
+            .await
+    }
+
+    /// Order a certificate for `name` and store it, unless `may_store` (when given) says the
+    /// right to store it was lost meanwhile.
+    async fn issue_checked<F, Fut>(
+        &self,
+        name: &Domain,
+        old: Option<&Arc<CertifiedKey>>,
+        may_store: Option<&F>,
+    ) -> Outcome
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let kind = self.issuer.kind().label();
         let permit = self.permit(name, old.is_some()).await?;
         let started = Instant::now();
@@ -582,6 +617,17 @@ impl CertManager {
                 return Err(Refusal::BadIssue(e.to_string()));
             }
         };
+        if let Some(may_store) = may_store {
+            if !may_store().await {
+                permit.succeeded();
+                log::warn!(
+                    "{name}: the issuance lock was lost while ordering; the new certificate is not stored (another host may hold one)"
+                );
+                return Err(Refusal::Store(format!(
+                    "lost the issuance lock for {name} while ordering"
+                )));
+            }
+        }
         permit.succeeded();
         self.last_errors.invalidate(name);
         self.metrics

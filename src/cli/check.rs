@@ -16,10 +16,12 @@ use clap::Args;
 use crate::allow::ask::AskUrl;
 use crate::allow::database::PgAllowList;
 use crate::allow::pattern::NamePattern;
+use crate::certs::issuer::acme::account::Accounts;
 use crate::certs::issuer::acme::settings::AcmeSettings;
 use crate::certs::store::Store;
 use crate::config::issuer::IssuerConfig;
 use crate::config::Config;
+use crate::http::upstream::{HealthCheckKind, HealthCheckSettings, PoolSettings};
 use crate::metrics::Metrics;
 use crate::server::edge::shared_store;
 
@@ -151,14 +153,7 @@ pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
         for pool in &config.upstreams.pools {
             for (i, addr) in pool.backends.iter().enumerate() {
                 let subject = format!("upstreams.pools.{}.backends[{i}] {addr}", pool.name);
-                out.push(match TcpStream::connect_timeout(addr, Duration::from_secs(1)) {
-                    Ok(_) => finding(Level::Ok, subject, "accepts connections"),
-                    Err(e) => finding(
-                        Level::Warn,
-                        subject,
-                        format!("does not accept connections ({e}); requests will get 502 until it does"),
-                    ),
-                });
+                out.push(probe_backend(pool, *addr, subject));
             }
         }
     }
@@ -176,6 +171,98 @@ pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
         }
     }
     out
+}
+
+/// A backend, checked the way its pool's health check does: a connection, and for an HTTP
+/// check the same request and the same expected statuses. A redirect gets the `force_ssl` hint.
+fn probe_backend(pool: &PoolSettings, addr: SocketAddr, subject: String) -> Finding {
+    use std::io::{Read, Write};
+    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Ok(s) => s,
+        Err(e) => {
+            return finding(
+                Level::Warn,
+                subject,
+                format!("does not accept connections ({e}); requests will get 502 until it does"),
+            )
+        }
+    };
+    let Some(HealthCheckSettings {
+        kind:
+            HealthCheckKind::Http {
+                path,
+                host,
+                expected_status: (lo, hi),
+                headers,
+            },
+        ..
+    }) = &pool.health_check
+    else {
+        return finding(Level::Ok, subject, "accepts connections");
+    };
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tenant-edge-health-check\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("Connection: close\r\n\r\n");
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = Vec::new();
+    let answered = stream.write_all(request.as_bytes()).and_then(|()| {
+        let mut buf = [0u8; 4096];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            let n = stream.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    });
+    let text = String::from_utf8_lossy(&head);
+    let status: Option<u16> = text
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok());
+    let location = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("location")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let key = format!("upstreams.pools.{}.health_check", pool.name);
+    match (answered, status) {
+        (Ok(()), Some(s)) if (*lo..=*hi).contains(&s) => finding(
+            Level::Ok,
+            subject,
+            format!("answers GET {path} (Host: {host}) with {s}"),
+        ),
+        (Ok(()), Some(s)) if (300..400).contains(&s) => finding(
+            Level::Error,
+            subject,
+            format!(
+                "answers GET {path} with {s} (Location: {location}), not {lo}-{hi}: every backend would be marked down and every request get 502. Rails' force_ssl redirects plain HTTP: add `X-Forwarded-Proto: https` under {key}.headers, or exempt {path} from the redirect (config.ssl_options = {{ redirect: {{ exclude: ->(request) {{ request.path == \"{path}\" }} }} }})"
+            ),
+        ),
+        (Ok(()), Some(s)) => finding(
+            Level::Error,
+            subject,
+            format!("answers GET {path} with {s}, not {lo}-{hi} ({key}.expected_status): it would be marked down"),
+        ),
+        (Ok(()), None) => finding(
+            Level::Error,
+            subject,
+            format!("accepts connections but gives no HTTP answer to GET {path}"),
+        ),
+        (Err(e), _) => finding(
+            Level::Warn,
+            subject,
+            format!("accepts connections but the health check request failed ({e})"),
+        ),
+    }
 }
 
 /// A platform wildcard with an ACME issuer lets anyone make up names that become orders with
@@ -274,9 +361,30 @@ async fn probe_services(config: &Config) -> Vec<Finding> {
         });
     }
     if let IssuerConfig::Acme(acme) = &config.issuer {
-        out.push(probe_acme_directory(acme).await);
+        let directory = probe_acme_directory(acme).await;
+        let reachable = directory.level == Level::Ok;
+        out.push(directory);
+        if reachable {
+            out.push(probe_acme_account(config, acme).await);
+        }
     }
     out
+}
+
+/// Whether the CA still knows the account this host would order with (a POST to the account
+/// URL; nothing is created).
+async fn probe_acme_account(config: &Config, acme: &AcmeSettings) -> Finding {
+    let subject = "issuer.acme account";
+    let accounts = Accounts::new(acme, &config.data_dir, None);
+    match accounts.verify_existing().await {
+        Ok(Some(id)) => finding(Level::Ok, subject, format!("{id} exists at the CA")),
+        Ok(None) => finding(
+            Level::Ok,
+            subject,
+            "none yet; the first order registers one",
+        ),
+        Err(e) => finding(Level::Warn, subject, e.to_string()),
+    }
 }
 
 async fn probe_acme_directory(acme: &AcmeSettings) -> Finding {

@@ -44,5 +44,9 @@ fn migrate(path: &std::path::Path) -> anyhow::Result<()> {
             store.target()
         );
     }
+    let encrypted = runtime.block_on(store.encrypt_plaintext_rows())?;
+    if encrypted > 0 {
+        println!("encrypted {encrypted} row(s) written before the encryption key was set");
+    }
     Ok(())
 }

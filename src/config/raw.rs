@@ -223,6 +223,9 @@ pub struct Pool {
     pub selection: Leaf,
     pub connect_timeout: Leaf,
     pub read_timeout: Leaf,
+    pub response_timeout: Leaf,
+    pub body_timeout: Leaf,
+    pub upgrade_timeout: Leaf,
     pub health_check: Option<HealthCheck>,
 }
 
@@ -233,6 +236,7 @@ pub struct HealthCheck {
     pub path: Leaf,
     pub host: Leaf,
     pub expected_status: Leaf,
+    pub headers: Option<serde_yaml::Mapping>,
     pub interval: Leaf,
     pub timeout: Leaf,
     pub rise: Leaf,

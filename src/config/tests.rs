@@ -50,7 +50,7 @@ fn base_is_valid_and_typed() {
     let hc = c.upstreams.pools[0].health_check.as_ref().unwrap();
     assert_eq!(hc.interval, Duration::from_secs(2));
     assert!(
-        matches!(&hc.kind, HealthCheckKind::Http { path, expected_status: 200, .. } if path == "/up")
+        matches!(&hc.kind, HealthCheckKind::Http { path, expected_status: (200, 299), .. } if path == "/up")
     );
     assert!(matches!(c.issuer, IssuerConfig::Internal(_)));
     let p = &c.allow.platform_domains;

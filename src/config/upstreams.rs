@@ -152,11 +152,40 @@ fn build_pool(name: &str, p: &raw::Pool, errs: &mut Errors<'_>) -> Option<PoolSe
         &p.connect_timeout,
         secs(2),
     );
+    // `read_timeout` is the older name of both response_timeout and body_timeout.
     let read_timeout = opt_duration(
         errs,
         &format!("{base}.read_timeout"),
         &p.read_timeout,
         secs(60),
+    );
+    for (key, v) in [
+        ("response_timeout", &p.response_timeout),
+        ("body_timeout", &p.body_timeout),
+    ] {
+        if v.is_some() && p.read_timeout.is_some() {
+            errs.push(
+                &format!("{base}.{key}"),
+                v.as_ref(),
+                "set either read_timeout (both timeouts) or response_timeout/body_timeout",
+            );
+        }
+    }
+    let response_timeout = read_timeout.and_then(|d| {
+        opt_duration(
+            errs,
+            &format!("{base}.response_timeout"),
+            &p.response_timeout,
+            d,
+        )
+    });
+    let body_timeout = read_timeout
+        .and_then(|d| opt_duration(errs, &format!("{base}.body_timeout"), &p.body_timeout, d));
+    let upgrade_timeout = opt_duration(
+        errs,
+        &format!("{base}.upgrade_timeout"),
+        &p.upgrade_timeout,
+        secs(3600),
     );
     let health_check = match &p.health_check {
         None => Some(None),
@@ -170,9 +199,33 @@ fn build_pool(name: &str, p: &raw::Pool, errs: &mut Errors<'_>) -> Option<PoolSe
         backends,
         selection: selection?,
         connect_timeout: connect_timeout?,
-        read_timeout: read_timeout?,
+        response_timeout: response_timeout?,
+        body_timeout: body_timeout?,
+        upgrade_timeout: upgrade_timeout?,
         health_check: health_check?,
     })
+}
+
+/// `200`, or a range `200-399`.
+fn status_range(key: &str, v: &serde_yaml::Value, errs: &mut Errors<'_>) -> Option<(u16, u16)> {
+    if let Some(n) = v.as_u64() {
+        if (100..=599).contains(&n) {
+            return Some((n as u16, n as u16));
+        }
+    }
+    let parsed = v.as_str().and_then(|s| {
+        let (lo, hi) = s.split_once('-')?;
+        let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        (100 <= lo && lo <= hi && hi <= 599).then_some((lo, hi))
+    });
+    if parsed.is_none() {
+        errs.push(
+            key,
+            Some(v),
+            "expected a status such as 200 or a range such as 200-399",
+        );
+    }
+    parsed
 }
 
 fn build_health_check(
@@ -204,6 +257,13 @@ fn build_health_check(
     });
     let kind = match kind? {
         K::Tcp => {
+            if h.headers.is_some() {
+                errs.push(
+                    &format!("{base}.headers"),
+                    None,
+                    "only applies to type: http",
+                );
+            }
             for (key, v) in [
                 ("path", &h.path),
                 ("host", &h.host),
@@ -239,14 +299,33 @@ fn build_health_check(
                 errs.domain(&format!("{base}.host"), v)
                     .map(|d| d.to_string())
             });
-            let expected_status = h.expected_status.as_ref().map_or(Some(200), |v| {
-                errs.uint(&format!("{base}.expected_status"), v, 100, 599)
-                    .map(|n| n as u16)
+            let expected_status = h.expected_status.as_ref().map_or(Some((200, 299)), |v| {
+                status_range(&format!("{base}.expected_status"), v, errs)
             });
+            let mut headers = Vec::new();
+            for (k, v) in h.headers.iter().flatten() {
+                let key = format!("{base}.headers.{}", k.as_str().unwrap_or("?"));
+                let name = k
+                    .as_str()
+                    .and_then(|n| http::header::HeaderName::from_bytes(n.as_bytes()).ok());
+                let value = errs
+                    .string(&key, v)
+                    .filter(|s| http::header::HeaderValue::from_str(s).is_ok());
+                match (name, value) {
+                    (Some(name), Some(value)) if name != http::header::HOST => {
+                        headers.push((name.as_str().to_string(), value));
+                    }
+                    (Some(_), Some(_)) => {
+                        errs.push(&key, Some(v), "set the Host with health_check.host")
+                    }
+                    _ => errs.push(&key, Some(v), "expected a header name and a text value"),
+                }
+            }
             HealthCheckKind::Http {
                 path: path?,
                 host: host?,
                 expected_status: expected_status?,
+                headers,
             }
         }
     };

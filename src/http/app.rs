@@ -212,7 +212,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
         session.set_keepalive_reuses_remaining(reuses);
         session.set_connection_user_context(user_context);
         session.set_pipelined_prefix(head);
-        self.inner.process_new_http(session, shutdown).await
+        // A connection killed from outside (its tenant's WebSocket, no longer allowed) ends
+        // whatever it is doing.
+        let killed = async {
+            match &conn {
+                Some(conn) => conn.killed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = self.inner.process_new_http(session, shutdown) => served,
+            () = killed => None,
+        }
     }
 
     async fn http2(

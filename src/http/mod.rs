@@ -8,6 +8,7 @@
 //!   re-check, upstream selection.
 //! - `forwarded` (`forwarding:`): the forwarding headers the app can trust.
 //! - `timeouts` (`timeouts:`): how long a client may take.
+//! - `deadline`: separate upstream deadlines for the response head and the body gaps.
 //! - `upstream`: pools of backends (kamal-proxy), load balancing, health checks, routes.
 //! - `host`: the request's host, from `:authority` or `Host`.
 //! - `plain`: port 80 (ACME HTTP-01 answers, everything else redirected to https).
@@ -15,6 +16,7 @@
 
 pub mod app;
 pub mod conn;
+pub mod deadline;
 pub mod forwarded;
 pub mod host;
 pub mod metrics;

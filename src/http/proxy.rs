@@ -11,11 +11,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -23,6 +23,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::certs::manager::CertManager;
 use crate::domain::Domain;
 use crate::http::app::BodyClock;
+use crate::http::deadline::{Deadline, Late};
 use crate::http::forwarded::{self, ForwardingSettings};
 use crate::http::host::{request_host, strip_port};
 use crate::http::timeouts::TimeoutSettings;
@@ -57,6 +58,9 @@ pub struct ClientPolicy {
 }
 
 /// Per-request state.
+/// A request this soon after its connection's full handshake uses the handshake's decision.
+const JUST_DECIDED: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// `ErrorType::Custom` of a request body slower than `timeouts.body_min_rate`.
 const BODY_TOO_SLOW: &str = "body_too_slow";
 
@@ -70,6 +74,9 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
     /// When the first byte of the request body came, and how many bytes came since.
     body: Option<(Instant, u64)>,
+    /// The pool's head and body deadlines, when they differ (a watchdog enforces them).
+    split_deadlines: Option<(Duration, Duration)>,
+    deadline: Option<Deadline>,
 }
 
 impl EdgeProxy {
@@ -117,6 +124,8 @@ impl ProxyHttp for EdgeProxy {
             pool: None,
             tried: Vec::new(),
             body: None,
+            split_deadlines: None,
+            deadline: None,
         }
     }
 
@@ -173,11 +182,6 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let conn_name = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|s| s.extension.get::<ConnName>())
-            .map(|c| c.0.clone());
         let Some(host_header) = request_host(session.req_header()).map(str::to_owned) else {
             return self
                 .refuse(
@@ -189,7 +193,18 @@ impl ProxyHttp for EdgeProxy {
                 .await;
         };
         let host = Domain::parse(strip_port(&host_header)).ok();
-        let (Some(host), Some(conn_name)) = (host, conn_name) else {
+        // Whether the Host is the connection's TLS name, and whether its handshake just decided.
+        let conn = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<ConnName>())
+            .map(|c| {
+                (
+                    host.as_ref() == Some(&c.name),
+                    c.decided_within(JUST_DECIDED),
+                )
+            });
+        let (Some(host), Some((true, just_decided))) = (host, conn) else {
             return self
                 .refuse(
                     session,
@@ -199,17 +214,9 @@ impl ProxyHttp for EdgeProxy {
                 )
                 .await;
         };
-        if host != conn_name {
-            return self
-                .refuse(
-                    session,
-                    421,
-                    RequestRefusal::Misdirected,
-                    "421 Misdirected Request: Host does not match the TLS server name\n",
-                )
-                .await;
-        }
-        if !self.manager.is_allowed(&host).await {
+        // The handshake just decided (a full handshake a moment ago): do not ask again. Later
+        // requests, and every request on a resumed session, ask the allow-list (its cache).
+        if !just_decided && !self.manager.is_allowed(&host).await {
             return self
                 .refuse(
                     session,
@@ -219,6 +226,16 @@ impl ProxyHttp for EdgeProxy {
                 )
                 .await;
         }
+        if session.is_upgrade_req() {
+            // A WebSocket: closed at once if the tenant stops being allowed.
+            let conn = session
+                .digest()
+                .and_then(|d| d.socket_digest.as_ref())
+                .and_then(|d| self.policy.connections.find(connection_key(d)));
+            if let Some(conn) = conn {
+                self.policy.connections.register_upgrade(&host, &conn);
+            }
+        }
         ctx.pool = Some(self.upstreams.pool_for(&host));
         ctx.host = Some(host);
         ctx.host_header = Some(host_header);
@@ -227,7 +244,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let pool_index = ctx.pool.unwrap_or(0);
@@ -242,8 +259,71 @@ impl ProxyHttp for EdgeProxy {
         let pool = self.upstreams.pool(pool_index);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(pool.connect_timeout);
-        peer.options.read_timeout = Some(pool.read_timeout);
+        peer.options.read_timeout = Some(if session.is_upgrade_req() {
+            // A WebSocket: idle for as long as upgrade_timeout, on both sides.
+            session.set_read_timeout(Some(pool.upgrade_timeout));
+            pool.upgrade_timeout
+        } else if pool.response_timeout == pool.body_timeout {
+            pool.response_timeout
+        } else {
+            ctx.split_deadlines = Some((pool.response_timeout, pool.body_timeout));
+            pool.response_timeout.max(pool.body_timeout)
+        });
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some((head, body)) = ctx.split_deadlines {
+            ctx.deadline = Deadline::watch(fd, head, body);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(d) = &ctx.deadline {
+            d.head_received();
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // Shutting down: tell HTTP/1.1 clients this connection closes after the response.
+        if session.is_process_shutting_down() {
+            session.set_keepalive(None);
+        }
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(d) = &ctx.deadline {
+            d.body_received();
+        }
+        Ok(None)
     }
 
     fn fail_to_connect(
@@ -291,7 +371,7 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy
     where
         RequestCtx: Send + Sync,
@@ -299,6 +379,16 @@ impl ProxyHttp for EdgeProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
+                // The upstream took too long: for its response head (Pingora's read timeout,
+                // or the watchdog of split deadlines), or to accept the connection.
+                ErrorSource::Upstream
+                    if matches!(
+                        e.etype(),
+                        ErrorType::ReadTimedout | ErrorType::ConnectTimedout
+                    ) || ctx.deadline.as_ref().and_then(Deadline::fired) == Some(Late::Head) =>
+                {
+                    504
+                }
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
                     // The client's body averages under `timeouts.body_min_rate`.

@@ -42,7 +42,12 @@ pub struct PoolSettings {
     pub backends: Vec<SocketAddr>,
     pub selection: Selection,
     pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    /// How long the response head may take (then 504).
+    pub response_timeout: Duration,
+    /// How long a response body may go without a byte (streamed responses, SSE).
+    pub body_timeout: Duration,
+    /// How long an upgraded connection (WebSocket) may be idle, in either direction.
+    pub upgrade_timeout: Duration,
     pub health_check: Option<HealthCheckSettings>,
 }
 
@@ -52,7 +57,11 @@ pub enum HealthCheckKind {
     Http {
         path: String,
         host: String,
-        expected_status: u16,
+        /// The statuses that pass, inclusive (default 200-299).
+        expected_status: (u16, u16),
+        /// Extra request headers (for example `X-Forwarded-Proto: https` for an app that
+        /// redirects plain HTTP).
+        headers: Vec<(String, String)>,
     },
 }
 
@@ -84,7 +93,45 @@ pub struct Pool {
     pub name: String,
     balancer: Balancer,
     pub connect_timeout: Duration,
-    pub read_timeout: Duration,
+    pub response_timeout: Duration,
+    pub body_timeout: Duration,
+    pub upgrade_timeout: Duration,
+    /// Unix seconds of the last forced re-probe (all backends were down).
+    last_reprobe: AtomicI64,
+}
+
+impl Pool {
+    /// Probe every backend now (at most once a second), so that a backend that is back is
+    /// marked healthy without waiting for the next interval.
+    fn reprobe(&self) {
+        let now = crate::util::time::unix_now();
+        let last = self.last_reprobe.load(Ordering::Relaxed);
+        if now <= last
+            || self
+                .last_reprobe
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        log::warn!(
+            "every backend of pool {} is marked unhealthy; trying one anyway and probing all now",
+            self.name
+        );
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        match &self.balancer {
+            Balancer::RoundRobin(lb) => {
+                let lb = lb.clone();
+                runtime.spawn(async move { lb.backends().run_health_check(true).await });
+            }
+            Balancer::Hash(lb) => {
+                let lb = lb.clone();
+                runtime.spawn(async move { lb.backends().run_health_check(true).await });
+            }
+        }
+    }
 }
 
 pub struct Upstreams {
@@ -148,6 +195,7 @@ fn health_check(
             path,
             host,
             expected_status,
+            headers,
         } => {
             let mut check = HttpHealthCheck::new(host, false);
             check.peer_template.options.connection_timeout = Some(hc.timeout);
@@ -156,26 +204,27 @@ fn health_check(
             check.consecutive_failure = hc.fall;
             check.health_changed_callback = Some(Box::new(observer));
             if let Ok(mut req) = RequestHeader::build("GET", path.as_bytes(), None) {
-                if req.insert_header("Host", host.as_str()).is_ok()
+                let base_ok = req.insert_header("Host", host.as_str()).is_ok()
                     && req
                         .insert_header("User-Agent", "tenant-edge-health-check")
-                        .is_ok()
-                {
+                        .is_ok();
+                let extra_ok = headers
+                    .iter()
+                    .all(|(k, v)| req.insert_header(k.clone(), v.as_str()).is_ok());
+                if base_ok && extra_ok {
                     check.req = req;
                 }
             }
-            let expected = *expected_status;
+            let (lo, hi) = *expected_status;
             let pool = pool.name.clone();
             check.validator = Some(Box::new(move |resp| {
-                if resp.status.as_u16() == expected {
+                let status = resp.status.as_u16();
+                if (lo..=hi).contains(&status) {
                     Ok(())
                 } else {
                     pingora::Error::e_explain(
-                        pingora::ErrorType::CustomCode(
-                            "unexpected health check status",
-                            resp.status.as_u16(),
-                        ),
-                        format!("pool {pool}: expected {expected}"),
+                        pingora::ErrorType::CustomCode("unexpected health check status", status),
+                        format!("pool {pool}: expected {lo}-{hi}"),
                     )
                 }
             }));
@@ -244,7 +293,10 @@ impl Upstreams {
                 name: p.name.clone(),
                 balancer,
                 connect_timeout: p.connect_timeout,
-                read_timeout: p.read_timeout,
+                response_timeout: p.response_timeout,
+                body_timeout: p.body_timeout,
+                upgrade_timeout: p.upgrade_timeout,
+                last_reprobe: AtomicI64::new(0),
             });
         }
         Ok(Upstreams {
@@ -271,15 +323,24 @@ impl Upstreams {
     }
 
     /// A healthy backend of `pool` that is not in `tried` (round robin, or consistent hashing
-    /// on `host`). `None` when every backend is unhealthy or already tried.
+    /// on `host`). When every backend is unhealthy, one of them anyway (a health check is only
+    /// as fresh as its interval: a restarted kamal-proxy is back before its next check) and
+    /// every backend is probed again at once. `None` when every backend was tried.
     pub fn select(&self, pool: usize, host: &str, tried: &[SocketAddr]) -> Option<SocketAddr> {
-        let accept = |b: &Backend, healthy: bool| {
-            healthy && b.addr.as_inet().is_some_and(|a| !tried.contains(a))
+        let untried = |b: &Backend| b.addr.as_inet().is_some_and(|a| !tried.contains(a));
+        let p = &self.pools[pool];
+        let pick = |healthy_only: bool| {
+            let accept = |b: &Backend, healthy: bool| (healthy || !healthy_only) && untried(b);
+            match &p.balancer {
+                Balancer::RoundRobin(lb) => lb.select_with(b"", 64, accept),
+                Balancer::Hash(lb) => lb.select_with(host.as_bytes(), 64, accept),
+            }
         };
-        let backend = match &self.pools[pool].balancer {
-            Balancer::RoundRobin(lb) => lb.select_with(b"", 64, accept),
-            Balancer::Hash(lb) => lb.select_with(host.as_bytes(), 64, accept),
-        }?;
+        if let Some(b) = pick(true) {
+            return b.addr.as_inet().copied();
+        }
+        let backend = pick(false)?;
+        p.reprobe();
         backend.addr.as_inet().copied()
     }
 }

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
+use crate::domain::Domain;
 use crate::metrics::{label_set, Metrics};
 use crate::net::cidr::client_key;
 
@@ -92,6 +93,7 @@ label_set! {
         H2PrefaceTimeout => "h2_preface_timeout",
         H2IdleTimeout => "h2_idle_timeout",
         ResetFlood => "reset_flood",
+        NotAllowed => "not_allowed",
         Shutdown => "shutdown",
     }
 }
@@ -132,6 +134,9 @@ pub struct Connections {
     /// Live connections by the key `register` was given (HTTP/2 streams find their
     /// connection this way). At most `max` entries.
     live: [Mutex<HashMap<usize, Weak<Connection>>>; SHARDS],
+    /// Upgraded connections (WebSockets) by the name they serve, so that a tenant no longer
+    /// allowed loses them at once. Dead entries are dropped whenever a name is added.
+    upgraded: Mutex<HashMap<Domain, Vec<Weak<Connection>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -147,8 +152,42 @@ impl Connections {
             hasher: RandomState::new(),
             per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            upgraded: Mutex::new(HashMap::new()),
             metrics,
         })
+    }
+
+    /// `conn` carries an upgrade (WebSocket) for `name`.
+    pub fn register_upgrade(&self, name: &Domain, conn: &Arc<Connection>) {
+        let mut upgraded = lock(&self.upgraded);
+        // Bounded by the open connections: dead entries go before a new one is added.
+        upgraded.retain(|_, conns| {
+            conns.retain(|w| w.strong_count() > 0);
+            !conns.is_empty()
+        });
+        upgraded
+            .entry(name.clone())
+            .or_default()
+            .push(Arc::downgrade(conn));
+    }
+
+    /// Whether `name` has upgraded connections open.
+    pub fn has_upgraded(&self, name: &Domain) -> bool {
+        lock(&self.upgraded)
+            .get(name)
+            .is_some_and(|conns| conns.iter().any(|w| w.strong_count() > 0))
+    }
+
+    /// Close every upgraded connection of `name` (the tenant is no longer allowed); returns
+    /// how many.
+    pub fn kill_upgraded(&self, name: &Domain) -> usize {
+        let conns = lock(&self.upgraded).remove(name).unwrap_or_default();
+        let mut killed = 0;
+        for conn in conns.iter().filter_map(Weak::upgrade) {
+            conn.kill(CloseReason::NotAllowed);
+            killed += 1;
+        }
+        killed
     }
 
     pub fn settings(&self) -> &ConnectionSettings {

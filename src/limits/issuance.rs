@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use crate::domain::Domain;
 use crate::limits::budget::{prune, read_budget, registered_domain, BudgetFile, BUDGET_WINDOW};
-use crate::limits::orders::{LocalOrderLog, OrderLog};
+use crate::limits::orders::{AccountBudget, LocalOrderLog, OrderLog, Recorded};
 use crate::metrics::label_set;
 use crate::util::bucket::TokenBucket;
 use crate::util::fs::{create_private_dir, write_atomic, FileError};
@@ -174,6 +174,8 @@ struct Inner {
     orders: Arc<dyn OrderLog>,
     /// This host's file: where orders are counted when the shared store cannot be asked.
     local_orders: Arc<LocalOrderLog>,
+    /// `orders` is the shared store (which also keeps the domains' weekly budgets).
+    shared_orders: bool,
 }
 
 struct State {
@@ -248,6 +250,7 @@ impl Limits {
         match Arc::try_unwrap(self.inner) {
             Ok(mut inner) => {
                 inner.orders = orders;
+                inner.shared_orders = true;
                 Limits {
                     inner: Arc::new(inner),
                 }
@@ -295,50 +298,73 @@ impl Limits {
                 }),
                 orders: local_orders.clone(),
                 local_orders,
+                shared_orders: false,
             }),
         }
     }
 
-    /// Count an order that holds `permit` against the account budget. `Err`: the budget is
+    /// Count an order that holds `permit` against the account budget and, with the shared
+    /// store, against its registered domain's weekly budget across hosts. `Err`: a budget is
     /// spent; drop the permit with [`OrderPermit::abandon`] (nothing was ordered). When the
     /// shared log cannot be asked, the order is counted against this host's own file (the same
     /// budget, for this host alone), so an outage of the store never leaves orders uncounted.
-    pub async fn charge_account(&self, permit: &OrderPermit, renewal: bool) -> Result<(), Limited> {
-        let Some(budget) = self.inner.settings.account else {
-            return Ok(());
+    pub async fn charge_account(
+        &self,
+        permit: &mut OrderPermit,
+        renewal: bool,
+    ) -> Result<(), Limited> {
+        let inner = &self.inner;
+        let weekly = inner
+            .settings
+            .budget_per_week
+            .filter(|_| inner.shared_orders);
+        let budget = match (inner.settings.account, weekly) {
+            (Some(budget), _) => budget,
+            // No account budget, but the shared domain budget still counts.
+            (None, Some(_)) => AccountBudget {
+                limit: u32::MAX,
+                renewal_reserve: 0,
+                window: AccountBudget::default().window,
+            },
+            (None, None) => return Ok(()),
         };
         let registered = registered_domain(&permit.name);
-        match self.inner.orders.record(registered, renewal, &budget).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(spent)) => Err(Limited::Account {
+        let recorded = match inner
+            .orders
+            .record(registered, renewal, &budget, weekly)
+            .await
+        {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                log::warn!(
+                    "the shared order budget could not be counted ({e}); counting this order on this host"
+                );
+                // The local log never fails to answer (a failed write is logged).
+                inner
+                    .local_orders
+                    .record(registered, renewal, &budget, None)
+                    .await
+                    .unwrap_or(Recorded::Counted(None))
+            }
+        };
+        match recorded {
+            Recorded::Counted(id) => {
+                permit.shared_order = id;
+                Ok(())
+            }
+            Recorded::Account(spent) => Err(Limited::Account {
                 used: spent.used,
                 limit: budget.limit,
                 reserve: budget.renewal_reserve,
                 window: budget.window,
                 retry_in: spent.retry_in,
             }),
-            Err(e) => {
-                log::warn!(
-                    "the shared account order budget could not be counted ({e}); counting this order on this host"
-                );
-                match self
-                    .inner
-                    .local_orders
-                    .record(registered, renewal, &budget)
-                    .await
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(spent)) => Err(Limited::Account {
-                        used: spent.used,
-                        limit: budget.limit,
-                        reserve: budget.renewal_reserve,
-                        window: budget.window,
-                        retry_in: spent.retry_in,
-                    }),
-                    // The local log never fails to answer (a failed write is logged).
-                    Err(_) => Ok(()),
-                }
-            }
+            Recorded::Domain(spent) => Err(Limited::Budget {
+                registered: registered.to_string(),
+                used: spent.used,
+                limit: weekly.unwrap_or(spent.used),
+                retry_in: spent.retry_in,
+            }),
         }
     }
 
@@ -438,6 +464,7 @@ impl Limits {
             limits: self.clone(),
             name: name.clone(),
             counted_at: counted.then_some(wall),
+            shared_order: None,
             reported: false,
         })
     }
@@ -601,6 +628,8 @@ pub struct OrderPermit {
     name: Domain,
     /// Unix time the budget entry was recorded at (to give it back on failure).
     counted_at: Option<i64>,
+    /// The order's row in the shared store, marked failed if nothing is issued.
+    shared_order: Option<i64>,
     reported: bool,
 }
 
@@ -630,6 +659,15 @@ impl OrderPermit {
         self.reported = true;
         self.limits
             .report(&self.name, self.counted_at, Outcome::Failed);
+        if let (Some(id), Ok(runtime)) = (self.shared_order, tokio::runtime::Handle::try_current())
+        {
+            let orders = self.limits.inner.orders.clone();
+            runtime.spawn(async move {
+                if let Err(e) = orders.mark_failed(id).await {
+                    log::warn!("could not give a failed order's domain budget slot back: {e}");
+                }
+            });
+        }
     }
 }
 

@@ -60,17 +60,37 @@ pub struct Spent {
     pub retry_in: Duration,
 }
 
+/// What an order log answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Counted; the id (shared store) identifies the order to mark it failed later.
+    Counted(Option<i64>),
+    /// The account budget refuses.
+    Account(Spent),
+    /// The registered domain's weekly budget refuses (a log that keeps one: the shared store).
+    Domain(Spent),
+}
+
 /// Where orders are counted.
 #[async_trait]
 pub trait OrderLog: Send + Sync {
-    /// Count one order for `registered` (the registered domain) if `budget` allows it.
-    /// `Ok(Err(spent))`: the budget refuses; `Err`: the log could not be asked.
+    /// Count one order for `registered` (the registered domain) if `budget` allows it, and,
+    /// for a new name, if fewer than `weekly` certificates were issued for `registered` in the
+    /// last 7 days (a log that can tell across hosts; this host's file leaves that to
+    /// `Limits`). `Err`: the log could not be asked.
     async fn record(
         &self,
         registered: &str,
         renewal: bool,
         budget: &AccountBudget,
-    ) -> Result<Result<(), Spent>, RemoteError>;
+        weekly: Option<u32>,
+    ) -> Result<Recorded, RemoteError>;
+
+    /// The order counted as `id` issued nothing: it no longer counts against its domain's
+    /// weekly budget (it still counts against the account's).
+    async fn mark_failed(&self, _id: i64) -> Result<(), RemoteError> {
+        Ok(())
+    }
 }
 
 /// `orders.json`: the unix times of the orders in the window.
@@ -164,9 +184,10 @@ impl OrderLog for LocalOrderLog {
         _registered: &str,
         renewal: bool,
         budget: &AccountBudget,
-    ) -> Result<Result<(), Spent>, RemoteError> {
+        _weekly: Option<u32>,
+    ) -> Result<Recorded, RemoteError> {
         if let Err(spent) = self.record_at(unix_now(), renewal, budget) {
-            return Ok(Err(spent));
+            return Ok(Recorded::Account(spent));
         }
         if let Some(path) = self.path.clone() {
             let (orders, write_lock) = (self.orders.clone(), self.write_lock.clone());
@@ -194,7 +215,7 @@ impl OrderLog for LocalOrderLog {
                 Err(e) => log::error!("could not save the account order budget: {e}"),
             }
         }
-        Ok(Ok(()))
+        Ok(Recorded::Counted(None))
     }
 }
 
@@ -293,13 +314,20 @@ mod tests {
         };
         {
             let log = LocalOrderLog::load(dir.path()).unwrap();
-            assert!(log.record("a.test", false, &b).await.unwrap().is_ok());
-            assert!(log.record("b.test", false, &b).await.unwrap().is_ok());
-            assert!(log.record("c.test", false, &b).await.unwrap().is_err());
+            let ok = Recorded::Counted(None);
+            assert_eq!(log.record("a.test", false, &b, None).await.unwrap(), ok);
+            assert_eq!(log.record("b.test", false, &b, None).await.unwrap(), ok);
+            assert!(matches!(
+                log.record("c.test", false, &b, None).await.unwrap(),
+                Recorded::Account(_)
+            ));
         }
         let again = LocalOrderLog::load(dir.path()).unwrap();
         assert_eq!(again.used(b.window), 2);
-        assert!(again.record("c.test", false, &b).await.unwrap().is_err());
+        assert!(matches!(
+            again.record("c.test", false, &b, None).await.unwrap(),
+            Recorded::Account(_)
+        ));
         let path = dir.path().join("limits/orders.json");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(

@@ -72,9 +72,11 @@ pub fn connect_settings(
         Some("require") => (SslMode::Require, Verify::Nothing),
         Some("verify-ca") => (SslMode::Require, Verify::Chain),
         Some("verify-full") => (SslMode::Require, Verify::Full),
-        Some(other) => return Err(format!(
+        Some(other) => {
+            return Err(format!(
             "sslmode={other} is not one of disable, allow, prefer, require, verify-ca, verify-full"
-        )),
+        ))
+        }
     };
     let rebuilt = if kept.is_empty() {
         base.to_string()

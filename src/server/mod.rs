@@ -33,6 +33,7 @@ use pingora::services::listening::Service;
 use crate::allow::remembered::RememberedStore;
 use crate::certs::maintain::Maintenance;
 use crate::config::Config;
+use crate::domain::Domain;
 use crate::http::app::EdgeApp;
 use crate::http::conn::ConnApp;
 use crate::http::metrics::MetricsApp;
@@ -70,9 +71,12 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config, opts));
 
+    let connections = Connections::new(config.limits.connections.clone(), edge.metrics.clone());
+    let mut inputs = maintenance_inputs(config, &edge);
+    inputs.on_change = Some(close_websockets_when_refused(&edge, &connections));
     let maintenance = Maintenance::new(
         edge.manager.clone(),
-        maintenance_inputs(config, &edge),
+        inputs,
         config.renewal.clone(),
         config.provisioning.clone(),
         edge.metrics.clone(),
@@ -101,7 +105,6 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
     };
     server.add_service(background_service("session-ticket keys", rotation));
 
-    let connections = Connections::new(config.limits.connections.clone(), edge.metrics.clone());
     let upstreams = Arc::new(Upstreams::build(
         &config.upstreams,
         &edge.metrics,
@@ -130,6 +133,27 @@ fn proxy_protocol(config: &Config) -> ProxyProtocol {
         trusted: config.forwarding.trusted_proxies.clone(),
         timeout: config.proxy_protocol_timeout,
     }
+}
+
+/// The hook for a name whose decision was dropped: if it has WebSockets open and is no longer
+/// allowed, they are closed (within the lookup's time, well under a second).
+fn close_websockets_when_refused(
+    edge: &Edge,
+    connections: &Arc<Connections>,
+) -> Arc<dyn Fn(Domain) + Send + Sync> {
+    let (allow, connections) = (edge.allow.clone(), connections.clone());
+    Arc::new(move |name: Domain| {
+        if !connections.has_upgraded(&name) {
+            return;
+        }
+        let (allow, connections) = (allow.clone(), connections.clone());
+        tokio::spawn(async move {
+            if !matches!(allow.decide(&name).await, Ok(d) if d.is_allowed()) {
+                let closed = connections.kill_upgraded(&name);
+                log::info!("{name}: no longer allowed; closed {closed} upgraded connection(s)");
+            }
+        });
+    })
 }
 
 /// What Pingora's HTTP server itself bounds: requests per HTTP/1.1 connection, idle HTTP/2
@@ -256,8 +280,12 @@ fn server_conf(config: &Config, opts: RunOptions) -> ServerConf {
         error_log: s.error_log.as_ref().map(|p| p.display().to_string()),
         user: s.user.clone(),
         group: s.group.clone(),
-        grace_period_seconds: Some(s.grace_period.as_secs()),
-        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        // After SIGTERM Pingora stops accepting at once, waits `grace_period_seconds`, then
+        // drops whatever still runs (its `graceful_shutdown_timeout_seconds` only bounds the
+        // teardown of blocking threads). So the whole drain window the config promises,
+        // grace_period + graceful_shutdown_timeout, goes into the first.
+        grace_period_seconds: Some((s.grace_period + s.graceful_shutdown_timeout).as_secs()),
+        graceful_shutdown_timeout_seconds: Some(2),
         // One try plus one retry on another backend (see `EdgeProxy::fail_to_connect`).
         max_retries: 2,
         ..ServerConf::default()

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use tokio_postgres::Row;
 
-use crate::certs::issuer::acme::account::AccountStore;
+use crate::certs::issuer::acme::account::{credentials_id, AccountStore};
 use crate::shared::store::{SharedError, SharedStore};
 use crate::util::error::RemoteError;
 
@@ -76,6 +76,58 @@ impl SharedStore {
         .await
     }
 
+    /// Replace the account of `directory` with `credentials` if the stored one is still
+    /// `dead_id`; return what is stored afterwards. The row is locked while it is compared,
+    /// so of several hosts replacing the same dead account, the first one's wins.
+    pub async fn replace_account(
+        &self,
+        directory: &str,
+        dead_id: &str,
+        credentials: &[u8],
+    ) -> Result<Vec<u8>, SharedError> {
+        const OP: &str = "replacing the ACME account";
+        self.bounded(OP, async {
+            let (mut conn, _slot) = self.checkout(OP).await?;
+            let (value, nonce) = self.encrypt("ACME account", directory, credentials)?;
+            let result = async {
+                let tx = conn.client.transaction().await?;
+                let row = tx
+                    .query_opt(
+                        "SELECT credentials, key_nonce FROM tenant_edge_acme_accounts
+                         WHERE directory = $1 FOR UPDATE",
+                        &[&directory],
+                    )
+                    .await?;
+                let stored = row
+                    .as_ref()
+                    .map(|row| self.account_from_row(OP, directory, row));
+                let outcome = match stored {
+                    Some(Ok(stored)) if credentials_id(&stored).as_deref() != Some(dead_id) => {
+                        Ok(stored)
+                    }
+                    Some(Err(e)) => Err(e),
+                    _ => {
+                        tx.execute(
+                            "INSERT INTO tenant_edge_acme_accounts (directory, credentials, key_nonce, created_at)
+                             VALUES ($1, $2, $3, now())
+                             ON CONFLICT (directory) DO UPDATE
+                                 SET credentials = EXCLUDED.credentials, key_nonce = EXCLUDED.key_nonce,
+                                     created_at = now()",
+                            &[&directory, &value, &nonce],
+                        )
+                        .await?;
+                        Ok(credentials.to_vec())
+                    }
+                };
+                tx.commit().await?;
+                Ok(outcome)
+            }
+            .await;
+            self.finish(OP, conn, result)?
+        })
+        .await
+    }
+
     pub(super) fn account_from_row(
         &self,
         op: &'static str,
@@ -100,5 +152,14 @@ impl AccountStore for SharedStore {
         credentials: &[u8],
     ) -> Result<Vec<u8>, RemoteError> {
         Ok(SharedStore::insert_account(self, directory, credentials).await?)
+    }
+
+    async fn replace_account(
+        &self,
+        directory: &str,
+        dead_id: &str,
+        credentials: &[u8],
+    ) -> Result<Vec<u8>, RemoteError> {
+        Ok(SharedStore::replace_account(self, directory, dead_id, credentials).await?)
     }
 }

@@ -69,8 +69,15 @@ impl SharedStore {
         nonce: Option<Vec<u8>>,
     ) -> Result<Vec<u8>, SharedError> {
         let Some(nonce) = nonce else {
+            // With a key, a plaintext row is refused: whoever can write the table could
+            // otherwise plant a certificate and key (`migrate` encrypts the rows written
+            // before the key was set).
             if self.key.is_some() {
-                log::debug!("the {what} for {id} in PostgreSQL is not encrypted yet; it will be on its next write");
+                return Err(SharedError::Plaintext {
+                    what,
+                    id: id.to_string(),
+                    key_env: self.key_env.clone(),
+                });
             }
             return Ok(value);
         };
@@ -153,11 +160,11 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), "key_missing");
         assert!(err.to_string().contains("MY_KEY"), "{err}");
-        assert_eq!(
-            store
-                .decrypt("certificate", "a.test", b"pem".to_vec(), None)
-                .unwrap(),
-            b"pem"
-        );
+        // With a key, a plaintext row is refused (it could have been planted).
+        let err = store
+            .decrypt("certificate", "a.test", b"pem".to_vec(), None)
+            .unwrap_err();
+        assert_eq!(err.kind(), "plaintext");
+        assert!(err.to_string().contains("tenant-edge migrate"), "{err}");
     }
 }

@@ -87,9 +87,15 @@ pub async fn migrate_with_retry(store: &SharedStore) {
     let mut wait = Duration::from_secs(1);
     loop {
         match store.migrate().await {
-            Ok(applied) if applied.is_empty() => return,
             Ok(applied) => {
-                log::info!("shared store migrated to version(s) {applied:?}");
+                if !applied.is_empty() {
+                    log::info!("shared store migrated to version(s) {applied:?}");
+                }
+                match store.encrypt_plaintext_rows().await {
+                    Ok(0) => {}
+                    Ok(n) => log::info!("encrypted {n} row(s) written before the key was set"),
+                    Err(e) => log::warn!("could not encrypt the rows written before the key: {e}"),
+                }
                 return;
             }
             Err(e) => {
@@ -98,5 +104,75 @@ pub async fn migrate_with_retry(store: &SharedStore) {
                 wait = (wait * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+/// The encrypted columns: table, the row's key column (the associated data), the value
+/// column, and what the value is (for messages).
+const ENCRYPTED: &[(&str, &str, &str, &str)] = &[
+    ("tenant_edge_certificates", "name", "bundle", "certificate"),
+    (
+        "tenant_edge_acme_accounts",
+        "directory",
+        "credentials",
+        "ACME account",
+    ),
+];
+
+impl SharedStore {
+    /// With a key configured: encrypt every row still stored in plaintext (written before the
+    /// key was set). Returns how many rows were encrypted. Each row is rewritten only if it is
+    /// still in plaintext, so concurrent runs and writers are safe.
+    pub async fn encrypt_plaintext_rows(&self) -> Result<u64, SharedError> {
+        const OP: &str = "encrypting rows written before the key";
+        if self.key.is_none() {
+            return Ok(0);
+        }
+        let mut done = 0;
+        for (table, id_col, value_col, what) in ENCRYPTED {
+            let rows = self
+                .bounded(OP, async {
+                    self.query(
+                        OP,
+                        &format!(
+                            "SELECT {id_col}, {value_col} FROM {table} WHERE key_nonce IS NULL LIMIT 100000"
+                        ),
+                        &[],
+                    )
+                    .await
+                })
+                .await?;
+            for row in &rows {
+                let id: String = self.column(OP, row, 0)?;
+                let plain: Vec<u8> = self.column(OP, row, 1)?;
+                let (value, nonce) = self.encrypt(what, &id, &plain)?;
+                done += self
+                    .bounded(OP, async {
+                        self.execute(
+                            OP,
+                            &format!(
+                                "UPDATE {table} SET {value_col} = $2, key_nonce = $3
+                                 WHERE {id_col} = $1 AND key_nonce IS NULL"
+                            ),
+                            &[&id, &value, &nonce],
+                        )
+                        .await
+                    })
+                    .await?;
+            }
+        }
+        // Session-ticket keys are short-lived: plaintext ones are dropped, not encrypted
+        // (the hosts create new ones).
+        done += self
+            .bounded(OP, async {
+                self.execute(
+                    OP,
+                    "DELETE FROM tenant_edge_ticket_keys WHERE key_nonce IS NULL",
+                    &[],
+                )
+                .await
+            })
+            .await?;
+        Ok(done)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::limits::orders::{AccountBudget, OrderLog, Spent};
+use crate::limits::orders::{AccountBudget, OrderLog, Recorded, Spent};
 use crate::shared::store::{SharedError, SharedStore};
 use crate::util::error::RemoteError;
 
@@ -17,13 +17,15 @@ pub const ORDERS_LOCK: i64 = 0x7465_5f6f_7264_6572;
 const KEEP: Duration = Duration::from_secs(8 * 24 * 3600);
 
 impl SharedStore {
-    /// Count one order for `registered` if `budget` allows it (see [`OrderLog`]).
+    /// Count one order for `registered` if `budget` (and, for a new name, the domain's
+    /// `weekly` budget) allows it (see [`OrderLog`]).
     pub async fn record_order(
         &self,
         registered: &str,
         renewal: bool,
         budget: &AccountBudget,
-    ) -> Result<Result<(), Spent>, SharedError> {
+        weekly: Option<u32>,
+    ) -> Result<Recorded, SharedError> {
         const OP: &str = "counting an order against the account budget";
         self.bounded(OP, async {
             let (mut conn, _slot) = self.checkout(OP).await?;
@@ -61,18 +63,42 @@ impl SharedStore {
                 if used >= ceiling {
                     let retry: Option<f64> = row.try_get(1)?;
                     tx.commit().await?;
-                    return Ok(Err(Spent {
+                    return Ok(Recorded::Account(Spent {
                         used: u32::try_from(used).unwrap_or(u32::MAX),
                         retry_in: Duration::from_secs_f64(retry.unwrap_or(1.0).max(1.0)),
                     }));
                 }
-                tx.execute(
-                    "INSERT INTO tenant_edge_orders (registered, renewal) VALUES ($1, $2)",
-                    &[&registered, &renewal],
-                )
-                .await?;
+                // The registered domain's certificates in 7 days (new names that did not fail;
+                // renewals are exempt), every host's.
+                if let (Some(weekly), false) = (weekly, renewal) {
+                    let row = tx
+                        .query_one(
+                            "SELECT count(*), extract(epoch FROM (min(at) + interval '7 days' - now()))::float8
+                             FROM tenant_edge_orders
+                             WHERE registered = $1 AND NOT renewal AND NOT failed
+                               AND at > now() - interval '7 days'",
+                            &[&registered],
+                        )
+                        .await?;
+                    let used: i64 = row.try_get(0)?;
+                    if used >= i64::from(weekly) {
+                        let retry: Option<f64> = row.try_get(1)?;
+                        tx.commit().await?;
+                        return Ok(Recorded::Domain(Spent {
+                            used: u32::try_from(used).unwrap_or(u32::MAX),
+                            retry_in: Duration::from_secs_f64(retry.unwrap_or(1.0).max(1.0)),
+                        }));
+                    }
+                }
+                let row = tx
+                    .query_one(
+                        "INSERT INTO tenant_edge_orders (registered, renewal) VALUES ($1, $2) RETURNING id",
+                        &[&registered, &renewal],
+                    )
+                    .await?;
+                let id: i64 = row.try_get(0)?;
                 tx.commit().await?;
-                Ok(Ok(()))
+                Ok(Recorded::Counted(Some(id)))
             }
             .await;
             self.finish(OP, conn, result)
@@ -88,7 +114,24 @@ impl OrderLog for SharedStore {
         registered: &str,
         renewal: bool,
         budget: &AccountBudget,
-    ) -> Result<Result<(), Spent>, RemoteError> {
-        Ok(self.record_order(registered, renewal, budget).await?)
+        weekly: Option<u32>,
+    ) -> Result<Recorded, RemoteError> {
+        Ok(self
+            .record_order(registered, renewal, budget, weekly)
+            .await?)
+    }
+
+    async fn mark_failed(&self, id: i64) -> Result<(), RemoteError> {
+        const OP: &str = "marking an order failed";
+        self.bounded(OP, async {
+            self.execute(
+                OP,
+                "UPDATE tenant_edge_orders SET failed = true WHERE id = $1",
+                &[&id],
+            )
+            .await
+        })
+        .await?;
+        Ok(())
     }
 }

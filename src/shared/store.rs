@@ -51,6 +51,14 @@ pub enum SharedError {
         id: String,
         key_env: String,
     },
+    /// A row is stored in plaintext although this host has a key: written before the key was
+    /// configured, or by a host without it (or altered to look so).
+    #[error("the {what} for {id} in PostgreSQL is not encrypted although {key_env} is set; run `tenant-edge migrate -c FILE` once with the key to encrypt the rows written before it, and give every host the key")]
+    Plaintext {
+        what: &'static str,
+        id: String,
+        key_env: String,
+    },
     /// A row does not decrypt with this host's key.
     #[error("the {what} for {id} in PostgreSQL does not decrypt with the key in {key_env}: it was written with another key, or altered; give every host the same {key_env}")]
     WrongKey {
@@ -83,6 +91,7 @@ impl SharedError {
             SharedError::Timeout { .. } => "timeout",
             SharedError::Query { .. } => "query",
             SharedError::KeyMissing { .. } => "key_missing",
+            SharedError::Plaintext { .. } => "plaintext",
             SharedError::WrongKey { .. } => "wrong_key",
             SharedError::Corrupt { .. } => "corrupt",
             SharedError::Crypto { .. } => "internal",

@@ -52,9 +52,21 @@ label_set! {
     }
 }
 
-/// The name a TLS connection was established for, attached to its `SslDigest`.
+/// The name a TLS connection was established for, attached to its `SslDigest`, and when the
+/// allow-list decided it in the handshake (`None`: a resumed session, which skipped it).
 #[derive(Debug, Clone)]
-pub struct ConnName(pub Domain);
+pub struct ConnName {
+    pub name: Domain,
+    pub decided_at: Option<std::time::Instant>,
+}
+
+impl ConnName {
+    /// Whether the handshake decided this name less than `within` ago: a request arriving
+    /// then need not ask the allow-list again.
+    pub fn decided_within(&self, within: std::time::Duration) -> bool {
+        self.decided_at.is_some_and(|at| at.elapsed() < within)
+    }
+}
 
 /// What we serve otherwise, in order of preference (wire format).
 const H2_H1: &[u8] = b"\x02h2\x08http/1.1";
@@ -266,11 +278,8 @@ impl TlsAccept for EdgeTls {
         &self,
         ssl: &TlsRef,
     ) -> Option<Arc<dyn Any + Send + Sync>> {
-        let resumed = if ssl.session_reused() {
-            "true"
-        } else {
-            "false"
-        };
+        let reused = ssl.session_reused();
+        let resumed = if reused { "true" } else { "false" };
         self.manager
             .metrics()
             .handshakes_completed
@@ -281,6 +290,7 @@ impl TlsAccept for EdgeTls {
             None => ssl.servername(NameType::HOST_NAME),
         };
         let name = self.manager.handshake_name(sni).ok()?;
-        Some(Arc::new(ConnName(name)))
+        let decided_at = (!reused).then(std::time::Instant::now);
+        Some(Arc::new(ConnName { name, decided_at }))
     }
 }

@@ -233,7 +233,7 @@ async fn encrypted_certificates_need_the_same_key() {
         .unwrap();
     assert!(s.load(&name("moved.test")).await.is_err());
 
-    // A plaintext row (written before the key was set) is still read.
+    // A plaintext row (written before the key was set) is refused until `migrate` encrypts it.
     let plain = store(&db, None);
     let p = name("plain.test");
     plain
@@ -246,10 +246,14 @@ async fn encrypted_certificates_need_the_same_key() {
         )
         .await
         .unwrap();
+    let refused = s.load(&p).await.unwrap_err();
+    assert!(refused.to_string().contains("not encrypted"), "{refused}");
+    assert_eq!(s.encrypt_plaintext_rows().await.unwrap(), 1);
     assert_eq!(
         s.load(&p).await.unwrap().map(|c| c.bundle),
         Some(b"plain".to_vec())
     );
+    assert_eq!(s.encrypt_plaintext_rows().await.unwrap(), 0, "done once");
 }
 
 #[tokio::test]

@@ -2,13 +2,18 @@
 //! (0600) at `<data_dir>/acme/<directory host>-<hash>/account.json`; every later start reuses
 //! it. With several hosts the account is shared ([`AccountStore`], implemented by `shared`):
 //! the first host to register wins and every host uses the winner's.
+//!
+//! An account the CA no longer knows (`accountDoesNotExist`: a CA that lost its database, an
+//! account deactivated) is replaced: [`Accounts::replace_dead`] registers a new one once, and
+//! with several hosts the first replacement stored wins (compare-and-swap on the shared row),
+//! so every host moves to the same new account.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
-use tokio::sync::OnceCell;
+use tokio::sync::Mutex;
 
 use crate::certs::issuer::acme::client::{classify, http_client};
 use crate::certs::issuer::acme::settings::{AcmeSettings, EabSettings};
@@ -28,6 +33,31 @@ pub trait AccountStore: Send + Sync {
         directory: &str,
         credentials: &[u8],
     ) -> Result<Vec<u8>, RemoteError>;
+    /// Replace the stored account if it is still `dead_id`; return the stored one afterwards
+    /// (ours, or the replacement another host stored first).
+    async fn replace_account(
+        &self,
+        directory: &str,
+        dead_id: &str,
+        credentials: &[u8],
+    ) -> Result<Vec<u8>, RemoteError>;
+}
+
+/// The account URL (`id`) inside serialized credentials.
+pub fn credentials_id(credentials: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(credentials).ok()?;
+    value.get("id")?.as_str().map(str::to_string)
+}
+
+/// Whether an ACME error says the account itself is gone (not the order or a name).
+pub fn is_dead_account(e: &instant_acme::Error) -> bool {
+    let instant_acme::Error::Api(problem) = e else {
+        return false;
+    };
+    let kind = problem.r#type.as_deref().unwrap_or("");
+    let detail = problem.detail.as_deref().unwrap_or("").to_ascii_lowercase();
+    kind.ends_with(":accountDoesNotExist")
+        || (kind.ends_with(":unauthorized") && detail.contains("account"))
 }
 
 /// Where the account for `directory` lives: one directory per CA, named so an operator can tell
@@ -65,7 +95,8 @@ pub struct Accounts {
     eab: Option<EabSettings>,
     trusted_root: Option<PathBuf>,
     account_file: PathBuf,
-    account: OnceCell<Account>,
+    /// The account in use; replaced when the CA forgot it.
+    account: Mutex<Option<Arc<Account>>>,
     /// The store shared by several hosts (one ACME account for all of them).
     shared: Option<Arc<dyn AccountStore>>,
 }
@@ -82,7 +113,7 @@ impl Accounts {
             eab: settings.eab.clone(),
             trusted_root: settings.trusted_root.clone(),
             account_file: account_dir(data_dir, &settings.directory).join("account.json"),
-            account: OnceCell::new(),
+            account: Mutex::new(None),
             shared,
         }
     }
@@ -93,10 +124,115 @@ impl Accounts {
     }
 
     /// The account, loaded from disk or created once (and then stored).
-    pub async fn account(&self) -> Result<&Account, IssueError> {
-        self.account
-            .get_or_try_init(|| self.load_or_create_account())
+    pub async fn account(&self) -> Result<Arc<Account>, IssueError> {
+        let mut current = self.account.lock().await;
+        if let Some(account) = &*current {
+            return Ok(account.clone());
+        }
+        let account = Arc::new(self.load_or_create_account().await?);
+        *current = Some(account.clone());
+        Ok(account)
+    }
+
+    /// The CA said the account `dead` does not exist: register a new one (unless another order
+    /// already did), store it where the old one was, and return it.
+    pub async fn replace_dead(&self, dead: &Account) -> Result<Arc<Account>, IssueError> {
+        let mut current = self.account.lock().await;
+        if let Some(account) = &*current {
+            if account.id() != dead.id() {
+                return Ok(account.clone());
+            }
+        }
+        log::warn!(
+            "the CA at {} no longer knows the ACME account {}; registering a new one",
+            self.directory,
+            dead.id()
+        );
+        let (mut account, mut json) = self.register().await?;
+        if let Some(shared) = &self.shared {
+            match shared
+                .replace_account(&self.directory, dead.id(), &json)
+                .await
+            {
+                Ok(winner) if winner != json => {
+                    // Another host replaced it first: use theirs (ours stays unused).
+                    account = self.account_from_json(&winner).await?;
+                    json = winner;
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("could not share the new ACME account: {e}"),
+            }
+        }
+        self.save_local(&json)?;
+        log::info!(
+            "replaced the ACME account at {}: now {}",
+            self.directory,
+            account.id()
+        );
+        let account = Arc::new(account);
+        *current = Some(account.clone());
+        Ok(account)
+    }
+
+    /// Whether the account this host would use still exists at the CA (a POST to the account
+    /// URL), without creating one: `Ok(None)` when there is no account yet.
+    pub async fn verify_existing(&self) -> Result<Option<String>, IssueError> {
+        let Ok(bytes) = std::fs::read(&self.account_file) else {
+            return Ok(None);
+        };
+        let account = self.account_from_json(&bytes).await?;
+        let contact: Vec<&str> = self.contact.iter().map(String::as_str).collect();
+        match account.update_contacts(&contact).await {
+            Ok(()) => Ok(Some(account.id().to_string())),
+            Err(e) if is_dead_account(&e) => Err(IssueError::Refused(format!(
+                "the CA no longer knows the account {} ({e}); the edge registers a new one at its next order",
+                account.id()
+            ))),
+            Err(e) => Err(classify(&self.directory, e)),
+        }
+    }
+
+    async fn account_from_json(&self, bytes: &[u8]) -> Result<Account, IssueError> {
+        let credentials: AccountCredentials = serde_json::from_slice(bytes).map_err(|e| {
+            IssueError::Refused(format!("the stored ACME account is not valid: {e}"))
+        })?;
+        self.builder()?
+            .from_credentials(credentials)
             .await
+            .map_err(|e| IssueError::Unreachable(format!("{}: {e}", self.directory)))
+    }
+
+    fn save_local(&self, json: &[u8]) -> Result<(), IssueError> {
+        if let Some(dir) = self.account_file.parent() {
+            create_private_dir(dir).map_err(|e| IssueError::Refused(e.to_string()))?;
+        }
+        write_atomic(&self.account_file, json, 0o600)
+            .map_err(|e| IssueError::Refused(e.to_string()))
+    }
+
+    /// Register a new account at the CA: the account and its serialized credentials.
+    async fn register(&self) -> Result<(Account, Vec<u8>), IssueError> {
+        let contact: Vec<&str> = self.contact.iter().map(String::as_str).collect();
+        let eab = self
+            .eab
+            .as_ref()
+            .map(|e| ExternalAccountKey::new(e.key_id.clone(), &e.hmac_key));
+        let (account, credentials) = self
+            .builder()?
+            .create(
+                &NewAccount {
+                    contact: &contact,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.directory.clone(),
+                eab.as_ref(),
+            )
+            .await
+            .map_err(|e| classify(&self.directory, e))?;
+        let json = serde_json::to_vec_pretty(&credentials)
+            .map_err(|e| IssueError::Refused(format!("cannot serialize the account: {e}")))?;
+        Ok((account, json))
     }
 
     async fn load_or_create_account(&self) -> Result<Account, IssueError> {
@@ -135,53 +271,19 @@ impl Accounts {
                 .await
                 .map_err(|e| IssueError::Unreachable(format!("{}: {e}", self.directory)));
         }
-        let contact: Vec<&str> = self.contact.iter().map(String::as_str).collect();
-        let eab = self
-            .eab
-            .as_ref()
-            .map(|e| ExternalAccountKey::new(e.key_id.clone(), &e.hmac_key));
-        let (account, credentials) = self
-            .builder()?
-            .create(
-                &NewAccount {
-                    contact: &contact,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                self.directory.clone(),
-                eab.as_ref(),
-            )
-            .await
-            .map_err(|e| classify(&self.directory, e))?;
-        let mut json = serde_json::to_vec_pretty(&credentials)
-            .map_err(|e| IssueError::Refused(format!("cannot serialize the account: {e}")))?;
-        let mut account = account;
+        let (mut account, mut json) = self.register().await?;
         if let Some(shared) = &self.shared {
             // Two hosts may create accounts at once: the first stored wins, the other is unused.
             match shared.insert_account(&self.directory, &json).await {
                 Ok(winner) if winner != json => {
-                    let credentials: AccountCredentials =
-                        serde_json::from_slice(&winner).map_err(|e| {
-                            IssueError::Refused(format!(
-                                "the shared ACME account is not valid: {e}"
-                            ))
-                        })?;
-                    account = self
-                        .builder()?
-                        .from_credentials(credentials)
-                        .await
-                        .map_err(|e| IssueError::Unreachable(format!("{}: {e}", self.directory)))?;
+                    account = self.account_from_json(&winner).await?;
                     json = winner;
                 }
                 Ok(_) => {}
                 Err(e) => log::warn!("could not share the new ACME account: {e}"),
             }
         }
-        if let Some(dir) = self.account_file.parent() {
-            create_private_dir(dir).map_err(|e| IssueError::Refused(e.to_string()))?;
-        }
-        write_atomic(&self.account_file, &json, 0o600)
-            .map_err(|e| IssueError::Refused(e.to_string()))?;
+        self.save_local(&json)?;
         log::info!(
             "created ACME account {} at {}",
             account.id(),

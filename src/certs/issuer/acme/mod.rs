@@ -25,7 +25,7 @@ use rustls_pki_types::CertificateDer;
 
 use crate::certs::certificate::CertifiedKey;
 use crate::certs::challenge::{ChallengeGuard, Challenges};
-use crate::certs::issuer::acme::account::{AccountStore, Accounts};
+use crate::certs::issuer::acme::account::{is_dead_account, AccountStore, Accounts};
 use crate::certs::issuer::acme::client::classify;
 use crate::certs::issuer::acme::keys::{key_and_csr, tls_alpn01_bundle};
 use crate::certs::issuer::acme::settings::{AcmeSettings, ChallengeType, OrderOutcome};
@@ -66,10 +66,16 @@ impl AcmeIssuer {
         }
     }
 
-    /// Fetch the directory (and load or create the account): what `tenant-edge check` probes.
+    /// Fetch the directory (and load or create the account).
     pub async fn probe(&self) -> Result<String, IssueError> {
         let account = self.accounts.account().await?;
         Ok(account.id().to_string())
+    }
+
+    /// Whether the stored account still exists at the CA, creating nothing (what
+    /// `tenant-edge check` asks): `Ok(None)` when there is no account yet.
+    pub async fn verify_account(&self) -> Result<Option<String>, IssueError> {
+        self.accounts.verify_existing().await
     }
 
     /// The ARI identifier of a certificate (authority key id + serial), if it has one.
@@ -95,10 +101,19 @@ impl AcmeIssuer {
             new_order = new_order.replaces(id);
         }
         let dir = &self.config.directory;
-        let mut order = account
-            .new_order(&new_order)
-            .await
-            .map_err(|e| classify(dir, e))?;
+        let mut order = match account.new_order(&new_order).await {
+            Ok(order) => order,
+            // The CA forgot the account: register a new one (once) and order again.
+            Err(e) if is_dead_account(&e) => {
+                self.metrics.acme_accounts_replaced.inc();
+                let account = self.accounts.replace_dead(&account).await?;
+                account
+                    .new_order(&new_order)
+                    .await
+                    .map_err(|e| classify(dir, e))?
+            }
+            Err(e) => return Err(classify(dir, e)),
+        };
 
         // Publish a response for every pending authorization; the guards unpublish them when
         // this function returns, whatever the outcome.
