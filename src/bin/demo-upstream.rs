@@ -1,7 +1,8 @@
 //! A tiny HTTP/1.1 upstream for `make run`, the tests and the load benchmarks: it answers every
 //! request with a short text naming itself and echoing the request line and headers, keeps
-//! connections alive, answers `/up` with `OK` (the health-check path) and `/bytes/<n>` with n
-//! bytes (for slow-reader tests).
+//! connections alive, answers `/up` with `OK` (the health-check path), `/bytes/<n>` with n
+//! bytes (slow-reader tests), `/sleep/<ms>` after ms milliseconds (timeouts, draining), and
+//! echoes the bytes of an upgraded connection (WebSocket tests).
 //!
 //! Usage: `demo-upstream [--listen 127.0.0.1:3000] [--name app]`
 
@@ -49,6 +50,7 @@ async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
         let mut head = Vec::new();
         let mut content_length = 0usize;
         let mut close = false;
+        let mut upgrade = false;
         loop {
             line.clear();
             if reader.read_line(&mut line).await? == 0 {
@@ -65,6 +67,9 @@ async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
             if lower.starts_with("connection:") && lower.contains("close") {
                 close = true;
             }
+            if lower.starts_with("upgrade:") {
+                upgrade = true;
+            }
             head.push(l.to_string());
         }
         if content_length > MAX_BODY {
@@ -76,6 +81,25 @@ async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
         let mut body = vec![0; content_length];
         reader.read_exact(&mut body).await?;
         let request_line = head.first().cloned().unwrap_or_default();
+        if upgrade {
+            // An upgrade (WebSocket): 101, then every byte is echoed back until either side
+            // closes. No framing: the tests speak raw bytes through the edge.
+            write
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+                .await?;
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = reader.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                write.write_all(&buf[..n]).await?;
+            }
+        }
+        if let Some(ms) = sleep_asked(&request_line) {
+            // `GET /sleep/<ms>`: answer after ms milliseconds (at most ten minutes).
+            tokio::time::sleep(std::time::Duration::from_millis(ms.min(600_000))).await;
+        }
         let connection = if close { "Connection: close\r\n" } else { "" };
         if let Some(n) = bytes_asked(&request_line) {
             // `GET /bytes/<n>`: n bytes (at most 1 GiB), written in chunks, to test slow readers.
@@ -112,6 +136,12 @@ async fn serve(stream: TcpStream, name: &str) -> std::io::Result<()> {
             return Ok(());
         }
     }
+}
+
+/// `ms` of a `GET /sleep/<ms> HTTP/1.1` request line.
+fn sleep_asked(request_line: &str) -> Option<u64> {
+    let path = request_line.strip_prefix("GET /sleep/")?;
+    path.split(' ').next()?.parse().ok()
 }
 
 /// Largest request body read (larger ones get 413).

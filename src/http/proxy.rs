@@ -346,6 +346,29 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // A deadline that passed is an answer (504), not a broken pooled connection to retry.
+        let late = ctx.deadline.as_ref().and_then(Deadline::fired).is_some()
+            || matches!(e.etype(), ErrorType::ReadTimedout);
+        if late
+            || !session.req_header().method.is_idempotent()
+            || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

@@ -296,3 +296,44 @@ async fn an_empty_rate_bucket_delays_new_orders_instead_of_refusing_them() {
     );
     assert_eq!(pebble.orders(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_that_forgot_the_account_gets_a_new_one_and_check_says_so_first() {
+    let setup = EdgeSetup::new();
+    let (_up, up) = upstream(setup.dir.path(), "app");
+    let mut pebble = Pebble::start(setup.dir.path(), setup.http.port(), setup.https.port());
+    let config = setup.config(&[up], &pebble.issuer_yaml(&["http-01"]));
+    let _edge = setup.start(&config);
+    assert!(handshake(setup.https, Some("first.tenant.test"), None).ok);
+    assert_eq!(pebble.accounts(), 1);
+
+    // Pebble restarts: it keeps no state, so the account is gone.
+    pebble.stop();
+    pebble.resume();
+    let out = std::process::Command::new(EDGE)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        report.contains("no longer knows the account"),
+        "check did not report the dead account:\n{report}"
+    );
+
+    // The next order registers a new account and succeeds.
+    let h = handshake(setup.https, Some("second.tenant.test"), None);
+    assert!(h.ok, "{}", h.error);
+    assert_eq!(pebble.accounts(), 2);
+    assert_eq!(
+        metric(
+            &setup.scrape(),
+            "tenant_edge_acme_accounts_replaced_total",
+            &[]
+        ),
+        1.0
+    );
+    // And it is the one kept: later orders place no new account.
+    assert!(handshake(setup.https, Some("third.tenant.test"), None).ok);
+    assert_eq!(pebble.accounts(), 2);
+}

@@ -19,6 +19,7 @@ mod multihost;
 mod order_floods;
 mod proxy;
 mod proxy_protocol;
+mod resilience;
 mod session_tickets;
 mod shared_store;
 mod tenants;

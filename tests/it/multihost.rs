@@ -473,3 +473,64 @@ async fn the_account_order_budget_is_shared_by_every_host() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_expires_under_its_holder_stores_one_certificate_and_a_lost_one_none() {
+    let db = TestDb::create().await;
+    // Validations take 3 s: an order outlives the 3 s lease unless it is extended.
+    let mut c = cluster(2, &db.url, 0, None, Some(3), "http-01", "");
+    c.start_all();
+    let expire = |holder_too: bool| {
+        let url = db.url.clone();
+        async move {
+            let client = crate::common::pg::connect(&url).await;
+            let sql = if holder_too {
+                // Another host took the lease over (and holds it for a while).
+                "UPDATE tenant_edge_locks SET holder = 'another-host/1/0', expires_at = now() + interval '4 seconds'"
+            } else {
+                // The lease ran out (a pause, a slow database), nobody took it.
+                "UPDATE tenant_edge_locks SET expires_at = now() - interval '1 second'"
+            };
+            client.execute(sql, &[]).await.unwrap()
+        }
+    };
+    let certificates = || async {
+        db.client
+            .query_one("SELECT count(*) FROM tenant_edge_certificates", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+
+    // 1. Expired but not taken: the holder extends it again, stores its certificate, and the
+    //    other host serves it without an order.
+    let addr = c.hosts[0].setup.https;
+    let root = c.root.clone();
+    let order = std::thread::spawn(move || handshake(addr, Some("slow.tenant.test"), Some(&root)));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(expire(false).await, 1, "no lock row while ordering");
+    assert!(order.join().unwrap().ok);
+    assert_eq!(certificates().await, 1);
+    let h = c.handshake(1, "slow.tenant.test");
+    assert!(h.ok, "{}", h.error);
+    assert_eq!(c.pebble.orders(), 1, "a second order for one name");
+
+    // 2. Taken over: the old holder must not store what it ordered.
+    let addr = c.hosts[0].setup.https;
+    let root = c.root.clone();
+    let order = std::thread::spawn(move || handshake(addr, Some("lost.tenant.test"), Some(&root)));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(expire(true).await, 1);
+    let h = order.join().unwrap();
+    assert!(!h.ok, "the host that lost its lease served its certificate");
+    assert_eq!(
+        certificates().await,
+        1,
+        "the host that lost its lease stored it"
+    );
+    let log = c.hosts[0].edge.as_ref().unwrap().log_text();
+    assert!(
+        log.contains("the issuance lock was lost while ordering"),
+        "{log}"
+    );
+}

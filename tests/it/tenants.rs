@@ -431,3 +431,18 @@ async fn one_client_cycling_random_names_is_cut_off_before_the_database() {
         "{m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_domain_stored_in_unicode_is_served_under_its_a_label() {
+    let db = TestDb::create().await;
+    db.add_company("Bücher", "{bücher.tenant.test}", true).await;
+    let setup = EdgeSetup::new();
+    let (_up, up) = upstream(setup.dir.path(), "app");
+    let config = setup.config_with(&[up], &db_allow(&db.url, "1m", "1h"), "");
+    let _edge = setup.start(&config);
+    let h = handshake(setup.https, Some("xn--bcher-kva.tenant.test"), None);
+    assert!(h.ok, "{}", h.error);
+    assert_eq!(sans(&h.chain[0]), vec!["xn--bcher-kva.tenant.test"]);
+    // A name in no company's list is still refused.
+    assert!(!handshake(setup.https, Some("xn--bcher-kvb.tenant.test"), None).ok);
+}

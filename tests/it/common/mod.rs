@@ -91,7 +91,12 @@ impl Drop for Proc {
 /// A demo upstream named `name` on a fresh port.
 pub fn upstream(dir: &Path, name: &str) -> (Proc, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let log = dir.join(format!("upstream-{name}.log"));
+    (upstream_on(dir, name, addr), addr)
+}
+
+/// A demo upstream named `name` on `addr` (to restart one where it was).
+pub fn upstream_on(dir: &Path, name: &str, addr: SocketAddr) -> Proc {
+    let log = dir.join(format!("upstream-{name}-{}.log", free_port()));
     let child = Command::new(UPSTREAM)
         .args(["--listen", &addr.to_string(), "--name", name])
         .stdout(Stdio::null())
@@ -99,7 +104,7 @@ pub fn upstream(dir: &Path, name: &str) -> (Proc, SocketAddr) {
         .spawn()
         .expect("spawn demo-upstream");
     wait_for_port(addr, Duration::from_secs(10));
-    (Proc { child, log }, addr)
+    Proc { child, log }
 }
 
 /// Ports and paths of one edge under test.

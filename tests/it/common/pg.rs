@@ -167,6 +167,11 @@ pub struct TcpProxy {
     running: Mutex<Option<Running>>,
     /// Bytes forwarded from clients to `target` so far (every query is some).
     to_server: Arc<AtomicU64>,
+    /// While set, every byte (of every connection, new ones too) is swallowed: a hung server.
+    hung: Arc<std::sync::atomic::AtomicBool>,
+    /// Connections numbered below this are swallowed: a path that silently dropped them.
+    silent_below: Arc<AtomicU64>,
+    next_id: Arc<AtomicU64>,
 }
 
 struct Running {
@@ -185,6 +190,9 @@ impl TcpProxy {
             target,
             running: Mutex::new(None),
             to_server: Arc::default(),
+            hung: Arc::default(),
+            silent_below: Arc::default(),
+            next_id: Arc::default(),
         };
         proxy.serve(listener);
         proxy
@@ -193,27 +201,55 @@ impl TcpProxy {
     fn serve(&self, listener: TcpListener) {
         let target = self.target;
         let to_server = self.to_server.clone();
+        let (hung, silent_below, next_id) = (
+            self.hung.clone(),
+            self.silent_below.clone(),
+            self.next_id.clone(),
+        );
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let conns = connections.clone();
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let counted = to_server.clone();
+                let id = next_id.fetch_add(1, Ordering::SeqCst);
+                let (hung, silent_below) = (hung.clone(), silent_below.clone());
                 let task = tokio::spawn(async move {
+                    let silent = move || {
+                        hung.load(Ordering::SeqCst) || id < silent_below.load(Ordering::SeqCst)
+                    };
                     if let Ok(outbound) = TcpStream::connect(target).await {
                         let (mut from_client, mut to_client) = inbound.into_split();
                         let (mut from_server, mut to_server) = outbound.into_split();
-                        let up = async {
+                        let silent_up = silent.clone();
+                        let up = async move {
                             let mut buf = vec![0u8; 16 * 1024];
                             while let Ok(n) = from_client.read(&mut buf).await {
-                                if n == 0 || to_server.write_all(&buf[..n]).await.is_err() {
+                                if n == 0 {
+                                    break;
+                                }
+                                if silent_up() {
+                                    continue; // swallowed
+                                }
+                                if to_server.write_all(&buf[..n]).await.is_err() {
                                     break;
                                 }
                                 counted.fetch_add(n as u64, Ordering::Relaxed);
                             }
                             let _ = to_server.shutdown().await;
                         };
-                        let down = async {
-                            let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                        let down = async move {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            while let Ok(n) = from_server.read(&mut buf).await {
+                                if n == 0 {
+                                    break;
+                                }
+                                if silent() {
+                                    continue;
+                                }
+                                if to_client.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
                             let _ = to_client.shutdown().await;
                         };
                         tokio::join!(up, down);
@@ -226,6 +262,23 @@ impl TcpProxy {
             accept,
             connections,
         });
+    }
+
+    /// Swallow every byte, of every connection (new ones too), until `unhang`: a server that
+    /// accepts connections and never answers.
+    pub fn hang(&self) {
+        self.hung.store(true, Ordering::SeqCst);
+    }
+
+    pub fn unhang(&self) {
+        self.hung.store(false, Ordering::SeqCst);
+    }
+
+    /// Swallow, for ever, every byte of the connections open now (new ones work): a network
+    /// path (a NAT, a firewall) that silently forgot them.
+    pub fn silence_existing(&self) {
+        self.silent_below
+            .store(self.next_id.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     /// Bytes clients sent through the proxy so far.
