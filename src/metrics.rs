@@ -109,6 +109,8 @@ pub struct Metrics {
     pub acme_orders: IntCounterVec,
     /// ACME accounts registered again because the CA no longer knew ours.
     pub acme_accounts_replaced: IntCounter,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: IntCounter,
     pub acme_order_duration: HistogramVec,
     /// Background renewals. outcome: renewed | failed | skipped_not_allowed.
     pub renewals: IntCounterVec,
@@ -200,6 +202,11 @@ impl Metrics {
             "ACME accounts registered again because the CA no longer knew the one in use",
         )?;
         r.register(Box::new(acme_accounts_replaced.clone()))?;
+        let access_log_dropped = IntCounter::new(
+            "tenant_edge_access_log_dropped_total",
+            "Access-log lines dropped because the writer fell behind",
+        )?;
+        r.register(Box::new(access_log_dropped.clone()))?;
 
         const LATENCY: &[f64] = &[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -308,6 +315,7 @@ impl Metrics {
             )?,
             certificates_cached,
             acme_accounts_replaced,
+            access_log_dropped,
             soonest_expiry,
             store_corrupt: counter(
                 &r,

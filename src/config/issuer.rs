@@ -26,6 +26,16 @@ pub fn build(raw: &raw::Issuer, errs: &mut Errors<'_>) -> Option<IssuerConfig> {
             None
         }
         (None, Some(acme)) => build_acme(acme, errs).map(IssuerConfig::Acme),
+        (None, None) => {
+            // Never a silent default: the internal CA in production means browsers refuse
+            // every certificate.
+            errs.push(
+                "issuer",
+                None,
+                "is required: `issuer: {acme: {directory: ..., contact: [...]}}` for a public CA such as Let's Encrypt, or `issuer: {internal: {}}` for a local CA (development, private networks)",
+            );
+            None
+        }
         (internal, None) => {
             let lifetime = internal
                 .as_ref()

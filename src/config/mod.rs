@@ -13,6 +13,7 @@
 //! Secrets may come from the environment: any string value may contain `${NAME}`, which is
 //! replaced by the variable's value (a missing variable is an error naming it and the key).
 
+pub mod access_log;
 pub mod allow;
 pub mod errors;
 pub mod forwarding;
@@ -43,6 +44,7 @@ use crate::config::values::{format_ignored, Errors};
 use crate::http::forwarded::ForwardingSettings;
 use crate::http::timeouts::TimeoutSettings;
 use crate::http::upstream::UpstreamsSettings;
+use crate::logging::access::AccessLogSettings;
 use crate::shared::SharedSettings;
 
 #[derive(Debug, Clone)]
@@ -64,6 +66,7 @@ pub struct Config {
     pub forwarding: ForwardingSettings,
     /// How long a trusted balancer may take to send its PROXY protocol header.
     pub proxy_protocol_timeout: Duration,
+    pub access_log: AccessLogSettings,
 }
 
 impl Config {
@@ -190,6 +193,7 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
         }
     }
     let (forwarding, proxy_protocol_timeout) = forwarding.unzip();
+    let access_log = access_log::build(&raw.access_log, errs);
     Some(Config {
         data_dir: data_dir?,
         listen: listen?,
@@ -205,6 +209,7 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
         timeouts: timeouts?,
         forwarding: forwarding?,
         proxy_protocol_timeout: proxy_protocol_timeout?,
+        access_log: access_log?,
     })
 }
 

@@ -37,6 +37,17 @@ pub struct File {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub forwarding: Forwarding,
+    #[serde(default)]
+    pub access_log: AccessLog,
+}
+
+#[derive(Deserialize, Default)]
+pub struct AccessLog {
+    pub enabled: Leaf,
+    pub path: Leaf,
+    pub sample: Leaf,
+    pub query: Leaf,
+    pub refusals_per_second: Leaf,
 }
 
 #[derive(Deserialize, Default)]

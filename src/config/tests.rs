@@ -7,7 +7,10 @@ use crate::domain::Domain;
 use crate::http::upstream::HealthCheckKind;
 use std::time::Duration;
 
-const BASE: &str = r#"
+/// The text of a valid file but for its issuer (a config must name one).
+macro_rules! base_text {
+    () => {
+        r#"
 data_dir: /tmp/tenant-edge-test
 listen:
   https: 127.0.0.1:8443
@@ -23,7 +26,14 @@ upstreams:
         type: http
         path: /up
         interval: 2s
-"#;
+"#
+    };
+}
+
+const BASE_NO_ISSUER: &str = base_text!();
+
+/// A valid file, with the internal CA.
+const BASE: &str = concat!(base_text!(), "issuer:\n  internal: {}\n");
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -37,6 +47,15 @@ fn parse(text: &str) -> Result<Config, ConfigErrors> {
 fn variant(from: &str, to: &str) -> String {
     assert!(BASE.contains(from), "BASE has no {from:?}");
     BASE.replacen(from, to, 1)
+}
+
+#[test]
+fn a_config_without_an_issuer_names_both_choices() {
+    let err = parse(BASE_NO_ISSUER).unwrap_err().to_string();
+    assert!(
+        err.contains("issuer") && err.contains("acme") && err.contains("internal"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -232,25 +251,25 @@ fn each_bad_input_names_its_key_path_and_value() {
         ),
         (
             "both issuers",
-            format!("{BASE}issuer:\n  internal: {{}}\n  acme: {{}}\n"),
+            format!("{BASE_NO_ISSUER}issuer:\n  internal: {{}}\n  acme: {{}}\n"),
             "issuer",
             None,
         ),
         (
             "lifetime too short",
-            format!("{BASE}issuer:\n  internal:\n    lifetime: 30s\n"),
+            format!("{BASE_NO_ISSUER}issuer:\n  internal:\n    lifetime: 30s\n"),
             "issuer.internal.lifetime",
             None,
         ),
         (
             "bad challenge",
-            format!("{BASE}issuer:\n  acme:\n    challenges: [dns-01]\n"),
+            format!("{BASE_NO_ISSUER}issuer:\n  acme:\n    challenges: [dns-01]\n"),
             "issuer.acme.challenges[0]",
             Some("dns-01"),
         ),
         (
             "bad contact",
-            format!("{BASE}issuer:\n  acme:\n    contact: [\"not-an-email\"]\n"),
+            format!("{BASE_NO_ISSUER}issuer:\n  acme:\n    contact: [\"not-an-email\"]\n"),
             "issuer.acme.contact[0]",
             Some("not-an-email"),
         ),
@@ -262,7 +281,7 @@ fn each_bad_input_names_its_key_path_and_value() {
         ),
         (
             "missing env var",
-            format!("{BASE}issuer:\n  acme:\n    contact: [\"${{ACME_EMAIL}}\"]\n"),
+            format!("{BASE_NO_ISSUER}issuer:\n  acme:\n    contact: [\"${{ACME_EMAIL}}\"]\n"),
             "issuer.acme.contact[0]",
             None,
         ),
@@ -327,7 +346,7 @@ fn structural_errors_name_the_path() {
 
 #[test]
 fn env_vars_are_expanded() {
-    let doc = format!("{BASE}issuer:\n  acme:\n    contact: [\"${{ACME_EMAIL}}\"]\n");
+    let doc = format!("{BASE_NO_ISSUER}issuer:\n  acme:\n    contact: [\"${{ACME_EMAIL}}\"]\n");
     let env = |name: &str| (name == "ACME_EMAIL").then(|| "ops@example.com".to_string());
     let c = Config::from_yaml(&doc, "t", &env).expect("valid");
     match c.issuer {
@@ -368,7 +387,7 @@ fn the_account_budget_applies_to_acme_and_to_the_internal_ca_only_when_asked() {
     let budget = asked.limits.issuance.account.expect("asked for");
     assert_eq!((budget.limit, budget.renewal_reserve), (50, 10));
     let acme = parse(&format!(
-        "{BASE}issuer:\n  acme:\n    directory: https://ca.test/dir\n    contact: [\"a@b.test\"]\n"
+        "{BASE_NO_ISSUER}issuer:\n  acme:\n    directory: https://ca.test/dir\n    contact: [\"a@b.test\"]\n"
     ))
     .expect("valid");
     let budget = acme

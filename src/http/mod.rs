@@ -6,6 +6,7 @@
 //!   limits and body timeouts).
 //! - `proxy`: Pingora's `ProxyHttp` for HTTPS requests: Host checks, the per-request allow-list
 //!   re-check, upstream selection.
+//! - `request_id`: the `X-Request-Id` each request carries upstream and into the access log.
 //! - `forwarded` (`forwarding:`): the forwarding headers the app can trust.
 //! - `timeouts` (`timeouts:`): how long a client may take.
 //! - `deadline`: separate upstream deadlines for the response head and the body gaps.
@@ -22,5 +23,6 @@ pub mod host;
 pub mod metrics;
 pub mod plain;
 pub mod proxy;
+pub mod request_id;
 pub mod timeouts;
 pub mod upstream;

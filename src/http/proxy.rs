@@ -26,9 +26,11 @@ use crate::http::app::BodyClock;
 use crate::http::deadline::{Deadline, Late};
 use crate::http::forwarded::{self, ForwardingSettings};
 use crate::http::host::{request_host, strip_port};
+use crate::http::request_id::{request_id, X_REQUEST_ID};
 use crate::http::timeouts::TimeoutSettings;
 use crate::http::upstream::Upstreams;
 use crate::limits::connections::{CloseReason, Connections};
+use crate::logging::access::{now_rfc3339, AccessLog, RequestLine};
 use crate::metrics::{label_set, status_class, Metrics};
 use crate::tls::accept::connection_key;
 use crate::tls::handshake::ConnName;
@@ -55,6 +57,7 @@ pub struct ClientPolicy {
     pub timeouts: TimeoutSettings,
     pub forwarding: ForwardingSettings,
     pub connections: Arc<Connections>,
+    pub access_log: Arc<AccessLog>,
 }
 
 /// Per-request state.
@@ -77,6 +80,10 @@ pub struct RequestCtx {
     /// The pool's head and body deadlines, when they differ (a watchdog enforces them).
     split_deadlines: Option<(Duration, Duration)>,
     deadline: Option<Deadline>,
+    request_id: Option<String>,
+    /// Why the edge answered the request itself (`requests_refused_total{reason}`).
+    refusal: Option<&'static str>,
+    upstream_status: Option<u16>,
 }
 
 impl EdgeProxy {
@@ -97,10 +104,12 @@ impl EdgeProxy {
     async fn refuse(
         &self,
         session: &mut Session,
+        ctx: &mut RequestCtx,
         status: u16,
         reason: RequestRefusal,
         body: &'static str,
     ) -> Result<bool> {
+        ctx.refusal = Some(reason.label());
         self.metrics
             .requests_refused
             .with_label_values(&[reason.label()])
@@ -126,6 +135,9 @@ impl ProxyHttp for EdgeProxy {
             body: None,
             split_deadlines: None,
             deadline: None,
+            request_id: None,
+            refusal: None,
+            upstream_status: None,
         }
     }
 
@@ -182,10 +194,21 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let trusted = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| self.policy.forwarding.trusts(a.ip()));
+        let incoming = session
+            .req_header()
+            .headers
+            .get(&X_REQUEST_ID)
+            .map(|v| v.as_bytes());
+        ctx.request_id = Some(request_id(incoming, trusted));
         let Some(host_header) = request_host(session.req_header()).map(str::to_owned) else {
             return self
                 .refuse(
                     session,
+                    ctx,
                     400,
                     RequestRefusal::NoHost,
                     "400 Bad Request: no Host header\n",
@@ -208,6 +231,7 @@ impl ProxyHttp for EdgeProxy {
             return self
                 .refuse(
                     session,
+                    ctx,
                     421,
                     RequestRefusal::Misdirected,
                     "421 Misdirected Request: Host does not match the TLS server name\n",
@@ -220,6 +244,7 @@ impl ProxyHttp for EdgeProxy {
             return self
                 .refuse(
                     session,
+                    ctx,
                     421,
                     RequestRefusal::NotAllowed,
                     "421 Misdirected Request: this name is not served here\n",
@@ -291,9 +316,10 @@ impl ProxyHttp for EdgeProxy {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
         if let Some(d) = &ctx.deadline {
             d.head_received();
         }
@@ -381,6 +407,9 @@ impl ProxyHttp for EdgeProxy {
             .map(|a| a.ip());
         let trusted = client_ip.is_some_and(|ip| self.policy.forwarding.trusts(ip));
         forwarded::rewrite(req, client_ip, trusted, ctx.host_header.as_deref())?;
+        if let Some(id) = &ctx.request_id {
+            req.insert_header(X_REQUEST_ID.clone(), id.as_str())?;
+        }
         if let Some(host) = &ctx.host_header {
             // HTTP/2 clients send :authority, not Host; HTTP/1.1 upstreams need Host.
             if req.headers.get(http::header::HOST).is_none() {
@@ -475,9 +504,19 @@ impl ProxyHttp for EdgeProxy {
                 }
             }
         }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if self.policy.access_log.wants(status) {
+            let pool = ctx.pool.map(|p| self.upstreams.pool(p).name.as_str());
+            self.policy.access_log.request(&request_line(
+                session,
+                ctx,
+                pool,
+                status,
+                self.policy.access_log.settings().query,
+            ));
+        }
         let Some(pool) = ctx.pool else { return };
         let pool = &self.upstreams.pool(pool).name;
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         self.metrics
             .upstream_requests
             .with_label_values(&[pool, status_class(status)])
@@ -486,5 +525,44 @@ impl ProxyHttp for EdgeProxy {
             .request_duration
             .with_label_values(&[pool])
             .observe(ctx.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The access-log line of a finished request.
+fn request_line<'a>(
+    session: &'a Session,
+    ctx: &'a RequestCtx,
+    pool: Option<&'a str>,
+    status: u16,
+    with_query: bool,
+) -> RequestLine<'a> {
+    let req = session.req_header();
+    let ssl = session.digest().and_then(|d| d.ssl_digest.as_ref());
+    let conn = ssl.and_then(|s| s.extension.get::<ConnName>());
+    let path = if with_query {
+        req.uri.path_and_query().map(|p| p.as_str())
+    } else {
+        Some(req.uri.path())
+    };
+    RequestLine {
+        time: now_rfc3339(),
+        event: "request",
+        client: session.client_addr().map(|a| a.to_string()),
+        tls_name: conn.map(|c| c.name.as_str()),
+        tls_version: ssl.map(|s| s.version.as_ref()),
+        alpn: Some(if session.is_http2() { "h2" } else { "http/1.1" }),
+        resumed: conn.map(|c| c.decided_at.is_none()),
+        method: Some(req.method.as_str()),
+        host: ctx.host_header.as_deref(),
+        path,
+        status: (status > 0).then_some(status),
+        bytes_in: Some(session.body_bytes_read() as u64),
+        bytes_out: Some(session.body_bytes_sent() as u64),
+        duration_ms: Some((ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+        upstream: ctx.tried.last().map(|a| a.to_string()),
+        pool,
+        upstream_status: ctx.upstream_status,
+        request_id: ctx.request_id.as_deref(),
+        refusal: ctx.refusal,
     }
 }

@@ -23,6 +23,7 @@ use crate::config::issuer::IssuerConfig;
 use crate::config::Config;
 use crate::limits::issuance::Limits;
 use crate::limits::orders::OrderLog;
+use crate::logging::access::AccessLog;
 use crate::metrics::Metrics;
 use crate::server::error::BuildError;
 use crate::server::labels::closed_sets;
@@ -76,6 +77,7 @@ pub fn allow_list_with(
 
 /// The parts of a running edge that tests and benchmarks reach into.
 pub struct Edge {
+    pub access_log: Arc<AccessLog>,
     pub allow: Arc<AllowList>,
     pub database: Option<Arc<PgAllowList>>,
     pub shared: Option<Arc<SharedStore>>,
@@ -165,7 +167,9 @@ pub fn build_edge(config: &Config) -> Result<Edge, BuildError> {
         limits,
         metrics.clone(),
     );
+    let access_log = AccessLog::new(config.access_log.clone(), metrics.clone());
     Ok(Edge {
+        access_log,
         allow,
         database,
         shared,

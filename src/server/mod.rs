@@ -41,6 +41,7 @@ use crate::http::plain::PlainHttp;
 use crate::http::proxy::{ClientPolicy, EdgeProxy};
 use crate::http::upstream::Upstreams;
 use crate::limits::connections::{Connections, Listener};
+use crate::logging::access::AccessLogWriter;
 use crate::server::edge::{build_edge, Edge};
 use crate::server::error::BuildError;
 use crate::server::feeds::maintenance_inputs;
@@ -82,6 +83,12 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
         edge.metrics.clone(),
     );
     server.add_service(background_service("certificate maintenance", maintenance));
+    server.add_service(background_service(
+        "access log",
+        AccessLogWriter {
+            log: edge.access_log.clone(),
+        },
+    ));
     if edge.allow.has_sources() {
         let remember = RememberService {
             allow: edge.allow.clone(),
@@ -183,6 +190,7 @@ fn https_service(
         timeouts: config.timeouts.clone(),
         forwarding: config.forwarding.clone(),
         connections: connections.clone(),
+        access_log: edge.access_log.clone(),
     };
     let proxy = EdgeProxy::new(
         edge.manager.clone(),
@@ -196,8 +204,13 @@ fn https_service(
             addr: addr.to_string(),
             message: e.to_string(),
         };
-        let tls = tls_settings(edge.manager.clone(), edge.challenges.clone(), tickets)
-            .map_err(listener_error)?;
+        let tls = tls_settings(
+            edge.manager.clone(),
+            edge.challenges.clone(),
+            tickets,
+            Some(edge.access_log.clone()),
+        )
+        .map_err(listener_error)?;
         let endpoint = ListenerConfig::tcp(addr.to_string())
             .tls(tls)
             .l4_buffer(listener_buffers())
@@ -210,6 +223,7 @@ fn https_service(
     let gate = config.limits.clients.as_ref().map(|s| {
         let known = EdgeNames::new(edge.manager.clone(), edge.challenges.clone());
         ClientGate::new(s.clone(), Arc::new(known), edge.metrics.clone())
+            .with_access_log(edge.access_log.clone())
     });
     listeners.set_pre_tls_callback(Arc::new(Accept {
         connections: connections.clone(),

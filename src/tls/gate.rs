@@ -40,6 +40,7 @@ use crate::certs::manager::CertManager;
 use crate::domain::Domain;
 use crate::limits::clients::{ClientGateSettings, ClientLimiter};
 use crate::limits::issuance::LimitKind;
+use crate::logging::access::AccessLog;
 use crate::logging::{suppressed, LogBudget};
 use crate::metrics::Metrics;
 use crate::tls::client_hello::{parse_client_hello, Hello};
@@ -91,6 +92,7 @@ pub struct ClientGate {
     known: Arc<dyn KnownNames>,
     metrics: Arc<Metrics>,
     log: LogBudget,
+    access: Option<Arc<AccessLog>>,
 }
 
 impl ClientGate {
@@ -104,7 +106,14 @@ impl ClientGate {
             known,
             metrics,
             log: LogBudget::new(5),
+            access: None,
         }
+    }
+
+    /// Write the connections it drops to `access` too.
+    pub fn with_access_log(mut self, access: Arc<AccessLog>) -> ClientGate {
+        self.access = Some(access);
+        self
     }
 
     pub fn settings(&self) -> &ClientGateSettings {
@@ -128,13 +137,20 @@ impl ClientGate {
             .issuances_limited
             .with_label_values(&[LimitKind::Client.label()])
             .inc();
+        if let Some(access) = &self.access {
+            let name = match seen {
+                Seen::NeverSeen(name) => Some(name.as_str()),
+                _ => None,
+            };
+            access.refused_handshake(Some(ip.to_string()), name, LimitKind::Client.label());
+        }
         if let Some(dropped) = self.log.take() {
             let s = self.settings();
             let what = match seen {
                 Seen::NeverSeen(name) => format!("never-seen name {name}"),
                 _ => "unreadable or slow ClientHello".to_string(),
             };
-            log::warn!(
+            log::info!(
                 "client {}: connection dropped before TLS ({what}): more than {} \
                  never-seen names, one more every {}; next in {}{}",
                 self.limiter.describe(ip),

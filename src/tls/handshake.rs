@@ -38,6 +38,7 @@ use crate::certs::certificate::CertifiedKey;
 use crate::certs::challenge::Challenges;
 use crate::certs::manager::{CertManager, CertSource, Refusal};
 use crate::domain::Domain;
+use crate::logging::access::AccessLog;
 use crate::logging::{suppressed, LogBudget};
 use crate::metrics::{label_set, NO_SOURCE};
 use crate::tls::hello::{hello, offers_acme_tls, on_client_hello, ACME_TLS_1};
@@ -82,16 +83,34 @@ const GROUPS: &str = "X25519MLKEM768:X25519:P-256:P-384";
 pub struct EdgeTls {
     manager: Arc<CertManager>,
     challenges: Arc<Challenges>,
-    refusal_log: Arc<LogBudget>,
+    refusal_log: Arc<RefusalLog>,
+}
+
+/// Where refused handshakes are told: the log (10 lines a second) and the access log.
+pub struct RefusalLog {
+    lines: LogBudget,
+    access: Option<Arc<AccessLog>>,
 }
 
 impl EdgeTls {
     /// The callbacks alone (the TLS settings wrap them; benchmarks drive them directly).
     pub fn new(manager: Arc<CertManager>, challenges: Arc<Challenges>) -> EdgeTls {
+        EdgeTls::with_access_log(manager, challenges, None)
+    }
+
+    /// The callbacks, writing refused handshakes to `access` too.
+    pub fn with_access_log(
+        manager: Arc<CertManager>,
+        challenges: Arc<Challenges>,
+        access: Option<Arc<AccessLog>>,
+    ) -> EdgeTls {
         EdgeTls {
             manager,
             challenges,
-            refusal_log: Arc::new(LogBudget::new(10)),
+            refusal_log: Arc::new(RefusalLog {
+                lines: LogBudget::new(10),
+                access,
+            }),
         }
     }
 }
@@ -103,8 +122,9 @@ pub fn tls_settings(
     manager: Arc<CertManager>,
     challenges: Arc<Challenges>,
     tickets: &Arc<TicketKeys>,
+    access: Option<Arc<AccessLog>>,
 ) -> pingora::Result<TlsSettings> {
-    let callbacks = EdgeTls::new(manager.clone(), challenges);
+    let callbacks = EdgeTls::with_access_log(manager.clone(), challenges, access);
     let refusal_log = callbacks.refusal_log.clone();
     let mut tls = TlsSettings::with_callbacks(Box::new(callbacks))?;
     harden(&mut tls)?;
@@ -150,7 +170,7 @@ fn harden(tls: &mut TlsSettings) -> pingora::Result<()> {
 /// those). Everything else goes on to the certificate callback.
 fn refuse_early(
     manager: &CertManager,
-    log: &LogBudget,
+    log: &RefusalLog,
     ssl: &mut SslRef,
     alert: &mut SslAlert,
 ) -> Result<(), SniError> {
@@ -184,13 +204,19 @@ fn refuse_early(
 
 /// Count a refused handshake and log it at a bounded rate (never at error level: refusals are
 /// normal traffic for an on-demand edge).
-fn count_refusal(manager: &CertManager, log: &LogBudget, sni: Option<&str>, refusal: &Refusal) {
+fn count_refusal(manager: &CertManager, log: &RefusalLog, sni: Option<&str>, refusal: &Refusal) {
     manager
         .metrics()
         .handshakes
         .with_label_values(&[refusal.kind(), NO_SOURCE])
         .inc();
-    if let Some(dropped) = log.take() {
+    if let Some(access) = &log.access {
+        // The client's address is not known to OpenSSL's callbacks (the gate logs its own
+        // refusals with it).
+        let sni: String = sni.unwrap_or("").escape_debug().take(255).collect();
+        access.refused_handshake(None, Some(&sni), refusal.kind());
+    }
+    if let Some(dropped) = log.lines.take() {
         // The SNI is attacker-controlled: log it escaped and bounded.
         let sni: String = sni.unwrap_or("").escape_debug().take(100).collect();
         let more = suppressed(dropped);

@@ -480,20 +480,6 @@ async fn a_lease_that_expires_under_its_holder_stores_one_certificate_and_a_lost
     // Validations take 3 s: an order outlives the 3 s lease unless it is extended.
     let mut c = cluster(2, &db.url, 0, None, Some(3), "http-01", "");
     c.start_all();
-    let expire = |holder_too: bool| {
-        let url = db.url.clone();
-        async move {
-            let client = crate::common::pg::connect(&url).await;
-            let sql = if holder_too {
-                // Another host took the lease over (and holds it for a while).
-                "UPDATE tenant_edge_locks SET holder = 'another-host/1/0', expires_at = now() + interval '4 seconds'"
-            } else {
-                // The lease ran out (a pause, a slow database), nobody took it.
-                "UPDATE tenant_edge_locks SET expires_at = now() - interval '1 second'"
-            };
-            client.execute(sql, &[]).await.unwrap()
-        }
-    };
     let certificates = || async {
         db.client
             .query_one("SELECT count(*) FROM tenant_edge_certificates", &[])
@@ -502,26 +488,52 @@ async fn a_lease_that_expires_under_its_holder_stores_one_certificate_and_a_lost
             .get::<_, i64>(0)
     };
 
+    // Start an order on host 0 and change its lock row while it runs (Pebble's validation
+    // sleep is random: retried with another name when an order was too quick to catch).
+    async fn during_order(
+        c: &Cluster,
+        db: &TestDb,
+        prefix: &str,
+        sql: &str,
+    ) -> (String, Handshake) {
+        for attempt in 0..5 {
+            let name = format!("{prefix}{attempt}.tenant.test");
+            let (addr, root, order_name) = (c.hosts[0].setup.https, c.root.clone(), name.clone());
+            let order = std::thread::spawn(move || handshake(addr, Some(&order_name), Some(&root)));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut caught = false;
+            while !order.is_finished() && Instant::now() < deadline {
+                let changed = db.client.execute(sql, &[]).await.unwrap();
+                if changed > 0 {
+                    caught = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let h = order.join().unwrap();
+            if caught {
+                return (name, h);
+            }
+        }
+        panic!("never caught an order with its lock held");
+    }
+    // The lease ran out (a pause, a slow database), nobody took it.
+    const EXPIRE: &str = "UPDATE tenant_edge_locks SET expires_at = now() - interval '1 second'";
+    // Another host took the lease over (and holds it for a while).
+    const TAKE_OVER: &str = "UPDATE tenant_edge_locks SET holder = 'another-host/1/0', expires_at = now() + interval '4 seconds'";
+
     // 1. Expired but not taken: the holder extends it again, stores its certificate, and the
     //    other host serves it without an order.
-    let addr = c.hosts[0].setup.https;
-    let root = c.root.clone();
-    let order = std::thread::spawn(move || handshake(addr, Some("slow.tenant.test"), Some(&root)));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(expire(false).await, 1, "no lock row while ordering");
-    assert!(order.join().unwrap().ok);
-    assert_eq!(certificates().await, 1);
-    let h = c.handshake(1, "slow.tenant.test");
+    let (name, h) = during_order(&c, &db, "slow", EXPIRE).await;
     assert!(h.ok, "{}", h.error);
-    assert_eq!(c.pebble.orders(), 1, "a second order for one name");
+    assert_eq!(certificates().await, 1);
+    let orders = c.pebble.orders();
+    let h = c.handshake(1, &name);
+    assert!(h.ok, "{}", h.error);
+    assert_eq!(c.pebble.orders(), orders, "a second order for one name");
 
     // 2. Taken over: the old holder must not store what it ordered.
-    let addr = c.hosts[0].setup.https;
-    let root = c.root.clone();
-    let order = std::thread::spawn(move || handshake(addr, Some("lost.tenant.test"), Some(&root)));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(expire(true).await, 1);
-    let h = order.join().unwrap();
+    let (_, h) = during_order(&c, &db, "lost", TAKE_OVER).await;
     assert!(!h.ok, "the host that lost its lease served its certificate");
     assert_eq!(
         certificates().await,

@@ -161,6 +161,12 @@ impl EdgeSetup {
     /// `config` with the body of the `allow:` section given (indented two spaces).
     pub fn config_with(&self, backends: &[SocketAddr], allow: &str, extra: &str) -> PathBuf {
         let backends: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+        // The internal CA unless the test names an issuer (a config must name one).
+        let issuer = if extra.contains("issuer:") {
+            ""
+        } else {
+            "issuer:\n  internal: {}\n"
+        };
         let text = format!(
             r#"data_dir: {data}
 listen:
@@ -174,7 +180,7 @@ server:
   pid_file: {dir}/edge.pid
   upgrade_sock: {dir}/upgrade.sock
 allow:
-{allow}upstreams:
+{allow}{issuer}upstreams:
   pools:
     app:
       backends: [{backends}]

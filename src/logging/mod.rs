@@ -1,4 +1,5 @@
-//! Logging: `env_logger` behind a thin filter for Pingora's per-connection error lines.
+//! Logging: `env_logger` behind a thin filter for Pingora's per-connection error lines, and
+//! the access log (`access`: one JSON line per request, written by a thread of its own).
 //!
 //! Pingora logs one ERROR line for every failed TLS handshake, every connection the pre-TLS
 //! step refused (limits, PROXY protocol, the client gate) and every HTTP/2 client that sent no
@@ -7,6 +8,8 @@
 //! refusal is still counted in the metrics. All other lines, including Pingora's accept errors,
 //! pass unchanged. `RUST_LOG` works as usual (default: `info`, with tokio-postgres' per-statement NOTICEs
 //! kept at `warn`).
+
+pub mod access;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
