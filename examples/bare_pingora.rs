@@ -7,10 +7,12 @@
 //! separates what Pingora itself costs per request from what tenant-edge adds on top of it.
 //!
 //! ```text
-//! cargo run --release --example bare_pingora -- LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal [lean]]]
+//! cargo run --release --example bare_pingora -- LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal|percore [lean]]]
 //! ```
 //!
 //! `nosteal` runs Pingora's per-thread runtimes without work stealing (`ServerConf::work_stealing`);
+//! `percore` runs THREADS services of one thread each, each on its own `SO_REUSEPORT` socket,
+//! as tenant-edge does (`tenant_edge::server::listen::core_address`);
 //! `lean` uses tenant-edge's listener buffers (no Pingora read buffer under TLS, OpenSSL
 //! read-ahead: `tenant_edge::tls::handshake::listener_buffers`) instead of Pingora's defaults.
 
@@ -18,12 +20,16 @@ use std::net::SocketAddr;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{ListenerConfig, Listeners};
+use pingora::listeners::{ListenerConfig, Listeners, TcpSocketOptions};
 use pingora::prelude::{HttpPeer, Opt, Server, Session};
 use pingora::proxy::ProxyHttp;
 use pingora::server::configuration::ServerConf;
 use pingora::services::listening::Service;
 use pingora::Result;
+
+/// The same allocator as tenant-edge, so that the two differ only in what tenant-edge does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: SocketAddr,
@@ -57,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [listen, cert, key, upstream, rest @ ..] = args.as_slice() else {
         return Err(
-            "usage: bare_pingora LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal [lean]]]"
+            "usage: bare_pingora LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal|percore [lean]]]"
                 .into(),
         );
     };
@@ -65,10 +71,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(t) => t.parse().map_err(|e| format!("THREADS {t:?}: {e}"))?,
         None => 2,
     };
-    let work_stealing = match rest.get(1).map(String::as_str) {
-        None | Some("steal") => true,
-        Some("nosteal") => false,
-        Some(other) => return Err(format!("expected steal or nosteal, not {other:?}").into()),
+    let (work_stealing, percore) = match rest.get(1).map(String::as_str) {
+        None | Some("steal") => (true, false),
+        Some("nosteal") => (false, false),
+        Some("percore") => (false, true),
+        Some(other) => {
+            return Err(format!("expected steal, nosteal or percore, not {other:?}").into())
+        }
     };
     let lean = match rest.get(2).map(String::as_str) {
         None => false,
@@ -78,6 +87,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let upstream: SocketAddr = upstream
         .parse()
         .map_err(|e| format!("UPSTREAM {upstream:?}: {e}"))?;
+    let listen: SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("LISTEN {listen:?}: {e}"))?;
 
     let conf = ServerConf {
         threads,
@@ -85,21 +97,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    let mut tls = TlsSettings::intermediate(cert, key)?;
-    tls.enable_h2();
-    let mut endpoint = ListenerConfig::tcp(listen.as_str());
-    if lean {
-        tls.set_read_ahead(true);
-        endpoint = endpoint.l4_buffer(tenant_edge::tls::handshake::listener_buffers());
+    let services = if percore { threads } else { 1 };
+    for core in 0..services {
+        let mut tls = TlsSettings::intermediate(cert, key)?;
+        tls.enable_h2();
+        let mut endpoint = if percore {
+            let mut options = TcpSocketOptions::default();
+            options.so_reuseport = Some(true);
+            ListenerConfig::tcp(tenant_edge::server::listen::core_address(&listen, core))
+                .tcp_socket_options(options)
+        } else {
+            ListenerConfig::tcp(listen.to_string())
+        };
+        if lean {
+            tls.set_read_ahead(true);
+            endpoint = endpoint.l4_buffer(tenant_edge::tls::handshake::listener_buffers());
+        }
+        let mut listeners = Listeners::new();
+        listeners.add_listener(endpoint.tls(tls));
+        let mut service = Service::with_listeners(
+            format!("bare pingora {core}"),
+            listeners,
+            pingora::proxy::http_proxy(&server.configuration, Bare { upstream }),
+        );
+        if percore {
+            service.threads = Some(1);
+        }
+        server.add_service(service);
     }
-    let mut listeners = Listeners::new();
-    listeners.add_listener(endpoint.tls(tls));
-    let service = Service::with_listeners(
-        "bare pingora".to_string(),
-        listeners,
-        pingora::proxy::http_proxy(&server.configuration, Bare { upstream }),
-    );
-    server.add_service(service);
     server.bootstrap();
     server.run_forever()
 }

@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
-# `make bench-load`: whole-process load test of tenant-edge against nginx and the bare upstream,
-# all in one run, all on 127.0.0.1.
+# `make bench-load`: whole-process load test of tenant-edge against nginx, HAProxy, a bare
+# Pingora proxy and the bare upstream, all in one run, all on 127.0.0.1.
 #
-#   upstream  nginx answering `200 ok` (HTTP/1.1 keep-alive; an h2c port for the h2 row)
-#   nginx     TLS with a static ECDSA P-256 certificate, 2 workers, HTTP/2, upstream keep-alive
-#   pingora   target/release/examples/bare_pingora: the smallest Pingora TLS proxy (nginx's
-#             static certificate, 2 threads, the same upstream and X-Forwarded-* headers, no
-#             callback, metrics or health checks): the floor Pingora itself sets, so the table
-#             tells Pingora's cost per request from what tenant-edge adds
-#   edge      target/release/tenant-edge (honours CARGO_TARGET_DIR), threads 2, internal CA,
-#             the certificate warmed by one curl first, RUST_LOG=warn
+#   upstream    nginx answering `200 ok` (HTTP/1.1 keep-alive; an h2c port for the h2 row)
+#   nginx       TLS with a static ECDSA P-256 certificate, 2 workers, HTTP/2, upstream keep-alive
+#   haproxy     `haproxy -db` (foreground, one process), nbthread 2, nginx's certificate (leaf and
+#               key in one PEM), ALPN h2 and http/1.1, TLS 1.2 and 1.3, X-Forwarded-* headers,
+#               `http-reuse always` to the upstream, no logging (bench/haproxy.cfg.template)
+#   pingora     target/release/examples/bare_pingora: the smallest Pingora TLS proxy (nginx's
+#               static certificate, the same upstream and X-Forwarded-* headers, no callback,
+#               metrics or health checks), run with 2 threads the way tenant-edge runs them
+#               (BENCH_PINGORA_MODE "percore lean": one single-thread service per core on its
+#               own SO_REUSEPORT socket, tenant-edge's listener buffers): the floor Pingora
+#               itself sets, so the table tells Pingora's cost per request from what
+#               tenant-edge adds
+#   edge        target/release/tenant-edge (honours CARGO_TARGET_DIR), threads 2, internal CA,
+#               the certificate warmed by one curl first, RUST_LOG=warn, the access log on (the
+#               default: stdout, which goes to edge.log, a file write like journald's)
+#   edge-nolog  the same with `access_log: {enabled: false}` (its own ports and data dir): the
+#               difference is what the access log costs
 #
 # Measurements, each ~BENCH_DURATION s after a BENCH_WARMUP s warm-up of the same load:
 #   a1. new connections/s, full handshakes: h2load --h1 in bursts of BENCH_BURST clients that
@@ -19,32 +28,57 @@
 #       session, so after the first one its reconnects are resumed handshakes (tickets) that
 #       skip the certificate callback; the edge's own counters (the table's note column:
 #       full and resumed handshakes during that measurement) show it
-#   b.  HTTP/1.1 keep-alive req/s: wrk
+#   b.  HTTP/1.1 keep-alive req/s: wrk (its p99 latency is kept too)
 #   c.  HTTP/2 req/s: h2load -c 10 -m 10
 #   m.  memory per idle keep-alive connection: scripts/idle-conns.py opens BENCH_IDLE TLS
 #       connections (one request each, then idle) and the server's resident memory (RSS of its
-#       process tree) is read before and while they are open; first round only; reported, no
-#       target
+#       process tree) is read before and while they are open; first round only (not for
+#       edge-nolog: the access log idles too); target for the edge: at most 20,000 bytes
+#   i.  instructions per request (once, pingora and edge only): a separate instance of each
+#       under `valgrind --tool=callgrind --instr-atstart=no` (own ports; the edge: own config
+#       and data dir, access log as default), warmed by curl and 200 requests, then
+#       instrumentation on (callgrind_control -i on) for exactly BENCH_CALLGRIND_REQUESTS
+#       HTTP/1.1 keep-alive requests on one connection (h2load --h1 -c 1 -m 1), off, dumped;
+#       then the same over HTTP/2 (h2load -c 1 -m 10). Instructions (Ir) / requests; callgrind
+#       runs the threads one at a time, which changes no instruction count. Target: edge /
+#       pingora at most 1.05 (HTTP/1.1; HTTP/2 reported). Skipped without valgrind
+#   k.  10,000 cached certificates (once): a separate edge (own ports and data dir, access log
+#       and per-client new-name limit off, tls.cache_capacity 20,000) gets BENCH_CERTS names
+#       k0.BENCH_NAME … each issued by the internal CA in a first handshake
+#       (scripts/handshakes.py --warm, 4 threads, progress shown); its RSS and
+#       tenant_edge_certificates_cached are read before and after. Then full handshakes
+#       (scripts/handshakes.py: no tickets, no session reuse, handshake only) for
+#       BENCH_DURATION s round-robin over all the names, and the same on one name, with the
+#       edge's CPU per handshake. Targets: round-robin / one name at least 0.95, RSS per cached
+#       certificate at most 10,240 bytes
 # Besides the rate, each row has the server's CPU time per request (user+system of its
 # process tree): on a small machine the load generator shares the cores, so CPU/request is
-# the steadier comparison.
+# the steadier comparison. The targets (edge against nginx): a1, a2 CPU per connection at most
+# 1.05×; b CPU per request at most 2.0× (aimed at 1.5×), rate at least 0.55×, p99 at most
+# 2.0×; c CPU per request at most 1.6× (aimed at 1.3×), rate at least 0.7×.
 # Raw outputs, configs and logs go to bench-results/<time>/ (git-ignored); the table is printed
 # and saved as summary.txt there.
 #
 # wrk and h2load take the TLS server name from the URL and cannot be told where to connect, so
 # the name (BENCH_NAME, default bench.localhost) must resolve to 127.0.0.1. When it does not
 # (glibc without nss-myhostname does not resolve *.localhost), one line is appended to
-# /etc/hosts if it is writable; that is the only thing here that may need root.
+# /etc/hosts if it is writable; that is the only thing here that may need root. (k needs no
+# resolution: scripts/handshakes.py connects to 127.0.0.1 and only sends the names as SNI.)
 #
 # Knobs: BENCH_DURATION (10), BENCH_WARMUP (2), BENCH_CONNECTIONS (50, wrk), BENCH_THREADS
 # (2, wrk), BENCH_BURST (500, a1), BENCH_NAME (bench.localhost), BENCH_STRICT (0; 1: exit 3
-# when a target is missed), BENCH_ROUNDS (1; N: run every measurement N times, the table keeps
+# when a target is missed), BENCH_ROUNDS (1; N: run a1 a2 b c N times, the table keeps
 # each server's best round: on a shared machine noise only ever makes numbers worse),
-# BENCH_EDGE_ENV (extra VAR=value for the edge), BENCH_SERVERS ("upstream nginx pingora edge":
-# the servers measured, in that order; nginx and edge are needed for the ratios), BENCH_ONLY
-# ("a1 a2 b c m": the measurements run), BENCH_IDLE (2000, m),
-# CARGO_TARGET_DIR (target).
-# Needs: wrk, h2load, nginx, openssl, curl (apt-get install -y wrk nghttp2-client nginx).
+# BENCH_EDGE_ENV (extra VAR=value for every edge instance), BENCH_SERVERS ("upstream nginx
+# haproxy pingora edge edge-nolog": the servers measured, in that order; nginx and edge are
+# needed for the targets), BENCH_ONLY ("a1 a2 b c m i k": the measurements run),
+# BENCH_IDLE (2000, m), BENCH_PINGORA_MODE ("percore lean": bare_pingora's arguments after
+# THREADS: steal, nosteal or percore, optionally followed by lean), BENCH_CALLGRIND_REQUESTS
+# (2000, i), BENCH_CERTS (10000, k), BENCH_HANDSHAKE_THREADS (4, k), CARGO_TARGET_DIR (target).
+# Needs: wrk, h2load, nginx, haproxy, openssl, curl, python3, valgrind (for i)
+# (apt-get install -y wrk nghttp2-client nginx haproxy openssl curl python3 valgrind).
+#
+# `scripts/bench-load.sh --table bench-results/TIME` prints that run's table again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -60,9 +94,13 @@ target_dir=${CARGO_TARGET_DIR:-$repo/target}
 case "$target_dir" in /*) ;; *) target_dir=$repo/$target_dir ;; esac
 edge_bin=$target_dir/release/tenant-edge
 bare_bin=$target_dir/release/examples/bare_pingora
-servers=${BENCH_SERVERS:-upstream nginx pingora edge}
-measurements=${BENCH_ONLY:-a1 a2 b c m}
+servers=${BENCH_SERVERS:-upstream nginx haproxy pingora edge edge-nolog}
+measurements=${BENCH_ONLY:-a1 a2 b c m i k}
 idle=${BENCH_IDLE:-2000}
+pingora_mode=${BENCH_PINGORA_MODE:-percore lean}
+cg_requests=${BENCH_CALLGRIND_REQUESTS:-2000}
+cert_names=${BENCH_CERTS:-10000}
+hs_threads=${BENCH_HANDSHAKE_THREADS:-4}
 wants() { case " $servers " in *" $1 "*) return 0 ;; esac; return 1; }
 measures() { case " $measurements " in *" $1 "*) return 0 ;; esac; return 1; }
 
@@ -81,61 +119,209 @@ render_table() {
       if (k == "b") return "b.  HTTP/1.1 keep-alive req/s (wrk)"
       return "c.  HTTP/2 req/s (h2load -c10 -m10)"
     }
-    function target(k) { return k ~ /^a/ ? 0.9 : 1.0 }
+    function short(k) {
+      if (k == "a1") return "a1. full handshakes"
+      if (k == "a2") return "a2. resumed TLS"
+      if (k == "b") return "b.  HTTP/1.1 keep-alive"
+      return "c.  HTTP/2"
+    }
+    # Never index rate[k, s] without has(): awk creates what it reads.
+    function has(k, s) { return (k, s) in rate }
+    function per(k, s) { return has(k, s) && reqs[k, s] > 0 ? cpu[k, s] / reqs[k, s] : 0 }
+    # Edge over server s; -1 when either is missing.
+    function cpu_x(k, s) { return per(k, "edge") > 0 && per(k, s) > 0 ? per(k, "edge") / per(k, s) : -1 }
+    function rate_x(k, s) { return has(k, "edge") && has(k, s) && rate[k, s] > 0 ? rate[k, "edge"] / rate[k, s] : -1 }
+    function lat_x(k, s,   e, o) {
+      if (!has(k, "edge") || !has(k, s)) return -1
+      e = lat_us(lat[k, "edge"]); o = lat_us(lat[k, s])
+      return e > 0 && o > 0 ? e / o : -1
+    }
+    # wrk latency "3.21ms(p99)" in microseconds; -1 when it is not a p99 (h2load: a mean).
+    function lat_us(v,   n) {
+      if (v !~ /\(p99\)$/) return -1
+      sub(/\(p99\)$/, "", v)
+      n = v + 0
+      if (v ~ /us$/) return n
+      if (v ~ /ms$/) return n * 1000
+      if (v ~ /m$/) return n * 60e6
+      if (v ~ /h$/) return n * 3600e6
+      if (v ~ /s$/) return n * 1e6
+      return -1
+    }
+    function fmt(v) { return v < 0 ? "-" : sprintf("%.2f", v) }
+    # One target line; counts a miss (or edge errors) in fails.
+    function target(k, what, v, op, t,   ok, bad, lim) {
+      lim = op " " sprintf("%.2f", t)
+      if (v < 0) {
+        printf "%-24s %-32s %8s %9s  %s\n", short(k), what, "-", lim, "n/a (needs nginx and edge rows)"
+        return
+      }
+      v = sprintf("%.2f", v) + 0
+      ok = op == "<=" ? v <= t : v >= t
+      bad = has(k, "edge") && errs[k, "edge"] > 0
+      if (bad) ok = 0
+      if (!ok) fails++
+      printf "%-24s %-32s %8.2f %9s  %s\n", short(k), what, v, lim, (ok ? "PASS" : "FAIL") (bad ? " (edge errors)" : "")
+    }
+    function aim(k, what, v, t) {
+      if (v < 0) return
+      v = sprintf("%.2f", v) + 0
+      printf "%-24s %-32s %8.2f %9s  %s\n", short(k), what, v, "<= " sprintf("%.2f", t), (v <= t ? "info: reached" : "info: not yet")
+    }
     # Each server keeps its best round (highest rate) per measurement.
     !(($1, $2) in rate) || $3 + 0 > rate[$1, $2] + 0 {
       rate[$1, $2] = $3; reqs[$1, $2] = $4; errs[$1, $2] = $5; lat[$1, $2] = $6; cpu[$1, $2] = $7
-      note[$1, $2] = $8
+      note[$1, $2] = $8; seen[$1] = 1
     }
     $9 + 0 > nrounds { nrounds = $9 + 0 }
     END {
-      n = split("a1 a2 b c", keys, " "); ns = split("upstream nginx pingora edge", servers, " ")
-      printf "%-46s %-9s %10s %9s %6s %15s %10s  %s\n", "measurement", "server", "rate/s", "requests", "errors", "latency", "CPU us/req", "note"
+      n = split("a1 a2 b c", keys, " "); ns = split("upstream nginx haproxy pingora edge edge-nolog", servers, " ")
+      printf "%-46s %-10s %10s %9s %6s %15s %10s  %s\n", "measurement", "server", "rate/s", "requests", "errors", "latency", "CPU us/req", "note"
       for (i = 1; i <= n; i++) {
         k = keys[i]
-        if (!((k, "nginx") in rate) && !((k, "edge") in rate)) continue
+        if (!(k in seen)) continue
         first = 1
         for (j = 1; j <= ns; j++) {
           s = servers[j]
-          if (!((k, s) in rate)) continue
-          per = reqs[k, s] > 0 ? sprintf("%.1f", cpu[k, s] * 1e6 / reqs[k, s]) : "-"
-          printf "%-46s %-9s %10.0f %9d %6d %15s %10s  %s\n", (first ? title(k) : ""), s, rate[k, s], reqs[k, s], errs[k, s], lat[k, s], per, (note[k, s] == "-" ? "" : note[k, s])
+          if (!has(k, s)) continue
+          c = reqs[k, s] > 0 ? sprintf("%.1f", cpu[k, s] * 1e6 / reqs[k, s]) : "-"
+          printf "%-46s %-10s %10.0f %9d %6d %15s %10s  %s\n", (first ? title(k) : ""), s, rate[k, s], reqs[k, s], errs[k, s], lat[k, s], c, (note[k, s] == "-" ? "" : note[k, s])
           first = 0
         }
       }
       print ""
-      printf "%-46s %10s %11s %12s %11s %7s  %s\n", "ratio", "edge/nginx", "edge/upstr.", "edge/pingora", "CPU e/n", "target", "verdict (on edge/nginx rate)"
+      printf "%-24s %8s %8s %8s %8s %8s %8s %9s %8s\n", "ratio: edge / other", "rate/ngx", "rate/up", "rate/pgr", "CPU/ngx", "CPU/hap", "CPU/pgr", "CPU/nolog", "p99/ngx"
+      for (i = 1; i <= n; i++) {
+        k = keys[i]
+        if (!(k in seen)) continue
+        printf "%-24s %8s %8s %8s %8s %8s %8s %9s %8s\n", short(k), fmt(rate_x(k, "nginx")), fmt(rate_x(k, "upstream")), fmt(rate_x(k, "pingora")), fmt(cpu_x(k, "nginx")), fmt(cpu_x(k, "haproxy")), fmt(cpu_x(k, "pingora")), fmt(cpu_x(k, "edge-nolog")), fmt(lat_x(k, "nginx"))
+      }
+      print ""
+      printf "%-24s %-32s %8s %9s  %s\n", "target (edge / nginx)", "", "value", "target", "verdict"
       fails = 0
       for (i = 1; i <= n; i++) {
         k = keys[i]
-        if (!((k, "nginx") in rate) && !((k, "edge") in rate)) continue
-        r = rate[k, "nginx"] > 0 ? rate[k, "edge"] / rate[k, "nginx"] : 0
-        u = rate[k, "upstream"] > 0 ? sprintf("%.2f", rate[k, "edge"] / rate[k, "upstream"]) : "-"
-        p = rate[k, "pingora"] > 0 ? sprintf("%.2f", rate[k, "edge"] / rate[k, "pingora"]) : "-"
-        ce = reqs[k, "edge"] > 0 ? cpu[k, "edge"] / reqs[k, "edge"] : 0
-        cn = reqs[k, "nginx"] > 0 ? cpu[k, "nginx"] / reqs[k, "nginx"] : 0
-        c = cn > 0 ? sprintf("%.2fx", ce / cn) : "-"
-        ok = r >= target(k) && errs[k, "edge"] == 0
-        if (!ok) fails++
-        printf "%-46s %10.2f %11s %12s %11s %7s  %s\n", title(k), r, u, p, c, ">=" target(k), (ok ? "PASS" : "FAIL" (errs[k, "edge"] ? " (edge errors)" : ""))
+        if (!(k in seen)) continue
+        if (k == "a1" || k == "a2") target(k, "CPU per connection", cpu_x(k, "nginx"), "<=", 1.05)
+        if (k == "b") {
+          target(k, "CPU per request", cpu_x(k, "nginx"), "<=", 2.0)
+          aim(k, "CPU per request, aimed at", cpu_x(k, "nginx"), 1.5)
+          target(k, "rate", rate_x(k, "nginx"), ">=", 0.55)
+          target(k, "p99 latency", lat_x(k, "nginx"), "<=", 2.0)
+        }
+        if (k == "c") {
+          target(k, "CPU per request", cpu_x(k, "nginx"), "<=", 1.6)
+          aim(k, "CPU per request, aimed at", cpu_x(k, "nginx"), 1.3)
+          target(k, "rate", rate_x(k, "nginx"), ">=", 0.7)
+        }
       }
       print ""
-      print "CPU us/req: user+system CPU of that server process tree (nginx: master + workers) per request"
-      print "(a1, a2: per connection). CPU e/n: edge CPU per request / nginx CPU per request."
+      print "CPU us/req: user+system CPU of that server process tree (nginx: master + workers; haproxy:"
+      print "one process, 2 threads) per request (a1, a2: per connection). CPU/ngx, CPU/hap, CPU/pgr,"
+      print "CPU/nolog: edge CPU per request over that of nginx, haproxy, pingora, edge-nolog (the last"
+      print "one is what the access log costs). p99/ngx: wrk p99 latency, edge over nginx (b only)."
       print "The load generators share the cores with the servers, so a rate ratio mixes the cost of the"
       print "server with that of the client; the CPU ratio compares the servers alone."
       print "Upstream rows are plain HTTP (a1, a2: new TCP connections; c: h2c), a ceiling, not a target."
       print "Pingora rows: examples/bare_pingora.rs, the smallest Pingora proxy for the same job (static"
-      print "certificate, no callback, metrics or health checks): the floor under tenant-edge."
+      print "certificate, no callback, metrics or health checks) run like the edge: the floor under it."
       if (nrounds > 1) print "Best of " nrounds " rounds per server and measurement; every round is in rows.tsv."
       exit (fails > 0 ? 3 : 0)
   }' "$1"
 }
 
+# The m, i and k sections from idle.tsv, callgrind.tsv and certs.tsv in DIR (those present);
+# exit status 3 when the edge misses a target there.
+render_extra() { # dir
+  local dir=$1 rc=0
+  if [ -s "$dir/idle.tsv" ]; then
+    # idle.tsv: server, RSS before, RSS while open (KiB), round, connections (older runs: none)
+    awk -F '\t' -v n="$idle" '
+      { c = NF >= 5 && $5 > 0 ? $5 : n; best[$1] = ($3 - $2) * 1024 / c; conns = c }
+      END {
+        print ""
+        printf "%-46s %-10s %10s %9s  %s\n", "m.  memory per idle keep-alive TLS connection", "server", "bytes", "target", "verdict"
+        ns = split("nginx haproxy pingora edge edge-nolog", order, " ")
+        for (i = 1; i <= ns; i++) {
+          s = order[i]
+          if (!(s in best)) continue
+          if (s == "edge") {
+            ok = best[s] <= 20000
+            printf "%-46s %-10s %10.0f %9s  %s\n", "", s, best[s], "<= 20000", (ok ? "PASS" : "FAIL")
+          } else printf "%-46s %-10s %10.0f\n", "", s, best[s]
+        }
+        if (("nginx" in best) && ("edge" in best) && best["nginx"] > 0)
+          printf "%-46s %-10s %10.2f\n", "", "edge/nginx", best["edge"] / best["nginx"]
+        printf "(%d connections held open; RSS of the process tree before and while they are open)\n", conns
+        exit (("edge" in best) && !ok ? 3 : 0)
+      }' "$dir/idle.tsv" || rc=3
+  fi
+  if [ -s "$dir/callgrind.tsv" ]; then
+    # callgrind.tsv: server, protocol (h1, h2), instructions (Ir), requests
+    awk -F '\t' '
+      { ir[$1, $2] = $3; n[$1, $2] = $4 }
+      function per(s, p) { return ((s, p) in ir) && n[s, p] > 0 ? ir[s, p] / n[s, p] : -1 }
+      END {
+        print ""
+        printf "%-46s %-10s %12s %12s %9s  %s\n", "i.  instructions per request (callgrind)", "server", "instr/req", "edge/pingora", "target", "verdict"
+        fails = 0
+        split("h1 h2", protos, " ")
+        for (p = 1; p <= 2; p++) {
+          pr = protos[p]
+          label = pr == "h1" ? "HTTP/1.1, 1 connection (h2load --h1 -m 1)" : "HTTP/2, 1 connection (h2load -m 10)"
+          if (per("pingora", pr) < 0 && per("edge", pr) < 0) continue
+          if (per("pingora", pr) >= 0) printf "%-46s %-10s %12.0f\n", label, "pingora", per("pingora", pr)
+          if (per("edge", pr) < 0) continue
+          r = per("pingora", pr) > 0 ? sprintf("%.2f", per("edge", pr) / per("pingora", pr)) + 0 : -1
+          if (r < 0) verdict = "n/a (needs the pingora row)"
+          else if (pr == "h1") { verdict = r <= 1.05 ? "PASS" : "FAIL"; if (r > 1.05) fails++ }
+          else verdict = r <= 1.05 ? "info: within" : "info: above"
+          printf "%-46s %-10s %12.0f %12s %9s  %s\n", (per("pingora", pr) >= 0 ? "" : label), "edge", per("edge", pr), (r < 0 ? "-" : sprintf("%.2f", r)), "<= 1.05", verdict
+        }
+        print "(instructions of the whole process, every thread, while the requests ran, over the requests;"
+        print "one full TLS handshake included; the target applies to HTTP/1.1, HTTP/2 is reported)"
+        exit (fails > 0 ? 3 : 0)
+      }' "$dir/callgrind.tsv" || rc=3
+  fi
+  if [ -s "$dir/certs.tsv" ]; then
+    # certs.tsv: key, value
+    awk -F '\t' '
+      { v[$1] = $2 }
+      function rate(p) { return v[p "_seconds"] > 0 ? v[p "_handshakes"] / v[p "_seconds"] : 0 }
+      function us(p) { return v[p "_handshakes"] > 0 ? sprintf("%.0f", v[p "_cpu"] * 1e6 / v[p "_handshakes"]) : "-" }
+      END {
+        fails = 0
+        print ""
+        printf "%-62s %10s %9s  %s\n", "k.  " v["names"] " cached certificates (full TLS handshakes, " v["threads"] " threads)", "value", "target", "verdict"
+        printf "%-62s %10.0f %9s  %s\n", "    handshakes/s, round-robin over all names", rate("rr"), "", (v["rr_errors"] > 0 ? v["rr_errors"] " errors" : "")
+        printf "%-62s %10.0f %9s  %s\n", "    handshakes/s, one name", rate("one"), "", (v["one_errors"] > 0 ? v["one_errors"] " errors" : "")
+        if (rate("one") > 0 && rate("rr") > 0) {
+          r = sprintf("%.2f", rate("rr") / rate("one")) + 0
+          ok = r >= 0.95 && v["rr_errors"] == 0 && v["one_errors"] == 0
+          if (!ok) fails++
+          printf "%-62s %10.2f %9s  %s\n", "    round-robin / one name", r, ">= 0.95", (ok ? "PASS" : "FAIL") (v["rr_errors"] + v["one_errors"] > 0 ? " (errors)" : "")
+        } else {
+          fails++
+          printf "%-62s %10s %9s  %s\n", "    round-robin / one name", "-", ">= 0.95", "FAIL (no handshakes)"
+        }
+        printf "%-62s %10s\n", "    edge CPU us per handshake, round-robin", us("rr")
+        printf "%-62s %10s\n", "    edge CPU us per handshake, one name", us("one")
+        per = (v["rss_after"] - v["rss_before"]) * 1024 / v["names"]
+        ok = per <= 10240 && v["warm_errors"] == 0
+        if (!ok) fails++
+        printf "%-62s %10.0f %9s  %s\n", "    RSS per cached certificate, bytes", per, "<= 10240", (ok ? "PASS" : "FAIL") (v["warm_errors"] > 0 ? " (" v["warm_errors"] " names not warmed)" : "")
+        printf "    (RSS %d -> %d KiB, tenant_edge_certificates_cached %s -> %s, warming took %.0f s)\n", v["rss_before"], v["rss_after"], v["cached_before"], v["cached_after"], v["warm_seconds"]
+        exit (fails > 0 ? 3 : 0)
+      }' "$dir/certs.tsv" || rc=3
+  fi
+  return "$rc"
+}
+
 # `scripts/bench-load.sh --table bench-results/TIME`: print that run's table again.
 if [ "${1:-}" = --table ]; then
   [ -f "${2:-}/rows.tsv" ] || die "usage: $0 --table bench-results/TIME"
-  render_table "$2/rows.tsv" || true
+  if [ -s "$2/rows.tsv" ]; then render_table "$2/rows.tsv" || true; fi
+  render_extra "$2" || true
   exit 0
 fi
 
@@ -143,20 +329,41 @@ fi
 # Prerequisites
 # ------------------------------------------------------------------------------------------
 PATH=$PATH:/usr/sbin:/sbin
+for s in $servers; do
+  case "$s" in
+    upstream | nginx | haproxy | pingora | edge | edge-nolog) ;;
+    *) die "BENCH_SERVERS: unknown server '$s' (upstream nginx haproxy pingora edge edge-nolog)" ;;
+  esac
+done
+for m in $measurements; do
+  case "$m" in a1 | a2 | b | c | m | i | k) ;; *) die "BENCH_ONLY: unknown measurement '$m' (a1 a2 b c m i k)" ;; esac
+done
+for v in cg_requests cert_names hs_threads idle; do
+  case "${!v}" in '' | *[!0-9]* | 0) die "BENCH_CALLGRIND_REQUESTS, BENCH_CERTS, BENCH_HANDSHAKE_THREADS and BENCH_IDLE must be positive integers" ;; esac
+done
 missing=()
-for tool in wrk h2load nginx openssl curl python3; do
+tools=(wrk h2load nginx openssl curl python3)
+if wants haproxy; then tools+=(haproxy); fi
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  die "missing ${missing[*]}; install with: apt-get install -y wrk nghttp2-client nginx openssl curl"
+  die "missing ${missing[*]}; install with: apt-get install -y wrk nghttp2-client nginx haproxy openssl curl python3"
+fi
+# i is skipped, not refused, without valgrind: the rest of the run does not need it.
+callgrind_ok=1
+if measures i; then
+  for tool in valgrind callgrind_control; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+      say "$tool not found (apt-get install -y valgrind): measurement i (callgrind) is skipped"
+      callgrind_ok=0
+    fi
+  done
 fi
 [ -x "$edge_bin" ] || die "$edge_bin not found; build it first: cargo build --release --bins (or make bench-load)"
 if wants pingora && [ ! -x "$bare_bin" ]; then
   die "$bare_bin not found; build it first: cargo build --release --example bare_pingora (or make bench-load)"
 fi
-for s in $servers; do
-  case "$s" in upstream | nginx | pingora | edge) ;; *) die "BENCH_SERVERS: unknown server '$s' (upstream nginx pingora edge)" ;; esac
-done
 
 case "$name" in
   *.localhost | *.tenant.test) ;;
@@ -193,7 +400,7 @@ cleanup() {
   trap - EXIT INT TERM
   local pid
   for pid in "${pids[@]}"; do
-    # SIGINT: a fast shutdown for both Pingora and nginx.
+    # SIGINT: a fast shutdown for Pingora, nginx and HAProxy.
     kill -INT "$pid" 2>/dev/null
   done
   for pid in "${pids[@]}"; do
@@ -205,7 +412,7 @@ cleanup() {
     wait "$pid" 2>/dev/null
   done
   # Logs and the generated configs are worth keeping next to the numbers.
-  cp "$work"/*.conf "$work"/*.yaml "$work"/*.log "$results"/ 2>/dev/null
+  cp "$work"/*.conf "$work"/*.cfg "$work"/*.yaml "$work"/*.log "$results"/ 2>/dev/null
   rm -rf "$work"
   exit "$rc"
 }
@@ -216,16 +423,83 @@ trap 'exit 130' INT TERM
 # shellcheck source=scripts/lib.sh
 . "$repo/scripts/lib.sh"
 
-fill() { # template output
-  sed -e "s|@DIR@|$work|g" \
+fill() { # template output [sed args…, applied before the common ones]
+  local template=$1 out=$2
+  shift 2
+  sed "$@" \
+    -e "s|@DIR@|$work|g" \
     -e "s|@NAME@|$name|g" \
     -e "s|@USER_LINE@|$user_line|g" \
     -e "s|@UPSTREAM_PORT@|$upstream_port|g" \
     -e "s|@UPSTREAM_H2C_PORT@|$upstream_h2c_port|g" \
     -e "s|@NGINX_PORT@|$nginx_port|g" \
+    -e "s|@HAPROXY_PORT@|$haproxy_port|g" \
     -e "s|@EDGE_PORT@|$edge_port|g" \
     -e "s|@METRICS_PORT@|$metrics_port|g" \
-    "$1" >"$2"
+    "$template" >"$out"
+}
+
+# edge_config instance https_port metrics_port: $work/INSTANCE.yaml, bench/edge.yaml.template
+# with that instance's own ports, data dir (INSTANCE-data), pid file and upgrade socket, and
+# whatever YAML comes on stdin appended (top-level sections the template does not have).
+# `edge` is the template as it is.
+edge_config() {
+  local inst=$1 https=$2 metrics=$3 out="$work/$1.yaml" want
+  fill bench/edge.yaml.template "$out" \
+    -e "s|@DIR@/edge-data|@DIR@/$inst-data|g" \
+    -e "s|@DIR@/edge\.pid|@DIR@/$inst.pid|g" \
+    -e "s|@DIR@/edge-upgrade\.sock|@DIR@/$inst-upgrade.sock|g" \
+    -e "s|@EDGE_PORT@|$https|g" \
+    -e "s|@METRICS_PORT@|$metrics|g"
+  cat >>"$out"
+  # Two instances sharing a port, data dir, pid file or socket would spoil both: make sure
+  # the template still has the lines rewritten above.
+  for want in "data_dir: $work/$inst-data" "pid_file: $work/$inst.pid" \
+    "upgrade_sock: $work/$inst-upgrade.sock" "https: 127.0.0.1:$https" "metrics: 127.0.0.1:$metrics"; do
+    grep -qF "$want" "$out" ||
+      die "bench/edge.yaml.template changed shape: no '$want' in $out (see edge_config)"
+  done
+  "$edge_bin" check --syntax-only -c "$out" >"$work/$inst-check.log" 2>&1 ||
+    die "tenant-edge check rejects $out: $(cat "$work/$inst-check.log")"
+}
+
+# start_edge instance [wrapper command…]: run tenant-edge on $work/INSTANCE.yaml (stdout, the
+# access log, and stderr to $work/INSTANCE.log); its pid in $REPLY.
+start_edge() {
+  local inst=$1
+  shift
+  # BENCH_EDGE_ENV: extra environment for the edge only, to try a change without rebuilding
+  # (e.g. "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" for another allocator).
+  # shellcheck disable=SC2086 # word splitting of BENCH_EDGE_ENV is the point
+  env RUST_LOG=warn ${BENCH_EDGE_ENV:-} "$@" "$edge_bin" run -c "$work/$inst.yaml" >"$work/$inst.log" 2>&1 &
+  REPLY=$!
+  pids+=("$REPLY")
+}
+
+# stop_pid pid [seconds]: SIGINT (a fast shutdown for Pingora, nginx and HAProxy), SIGKILL
+# after SECONDS (5), reaped and dropped from the cleanup list.
+stop_pid() {
+  local pid=$1 p kept=()
+  kill -INT "$pid" 2>/dev/null || true
+  for _ in $(seq 1 $((${2:-5} * 10))); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+  pids=("${kept[@]}")
+}
+
+# listening port pid seconds: like wait_port (scripts/lib.sh), with more patience (valgrind
+# starts slowly) and a status instead of dying.
+listening() {
+  for _ in $(seq 1 $(($3 * 10))); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
 }
 
 # Resident memory (KiB) of a process and its children.
@@ -261,7 +535,7 @@ run_idle() {
   after=$(rss_of "$pid")
   exec 7>&- # closing its stdin makes it close the connections and exit
   wait "$client" 2>/dev/null || true
-  printf '%s\t%s\t%s\t%s\n' "$server" "$before" "$after" "$round" >>"$results/idle.tsv"
+  printf '%s\t%s\t%s\t%s\t%s\n' "$server" "$before" "$after" "$round" "$idle" >>"$results/idle.tsv"
   say "m $server: $(((after - before) * 1024 / idle)) bytes per idle connection ($before → $after KiB)"
 }
 
@@ -285,16 +559,22 @@ busy_percent() {
   echo "$a $b" | awk '{busy = $3 - $1; idle = $4 - $2; printf "%d", (busy + idle > 0 ? 100 * busy / (busy + idle) : 0)}'
 }
 
-# The edge's completed handshakes so far, "full resumed" (from its /metrics).
-edge_handshakes() {
-  curl -sS --max-time 5 "http://127.0.0.1:$metrics_port/metrics" 2>/dev/null |
+# An edge's completed handshakes so far, "full resumed" (from its /metrics).
+edge_handshakes() { # metrics_port
+  curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" 2>/dev/null |
     awk '/^tenant_edge_tls_handshakes_completed_total/ {
-           if ($0 ~ /resumed="true"/) r = $NF; else f = $NF
+           if ($0 ~ /resumed="true"/) r += $NF; else f += $NF
          } END { printf "%d %d", f, r }'
 }
 
+# One unlabelled series of an edge's /metrics ("-" when absent).
+edge_metric() { # metrics_port name
+  curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" 2>/dev/null |
+    awk -v m="$2" '$1 == m { v = $2 } END { print (v == "" ? "-" : v) }'
+}
+
 # ------------------------------------------------------------------------------------------
-# Start: upstream, nginx (TLS), tenant-edge
+# Start: upstream, nginx (TLS), HAProxy, tenant-edge (with and without access log), bare Pingora
 # ------------------------------------------------------------------------------------------
 free_port
 upstream_port=$REPLY
@@ -303,9 +583,15 @@ upstream_h2c_port=$REPLY
 free_port
 nginx_port=$REPLY
 free_port
+haproxy_port=$REPLY
+free_port
 edge_port=$REPLY
 free_port
 metrics_port=$REPLY
+free_port
+nolog_port=$REPLY
+free_port
+nolog_metrics_port=$REPLY
 free_port
 bare_port=$REPLY
 # As root, nginx workers would switch to `nobody`, who cannot read the private work dir.
@@ -313,7 +599,7 @@ user_line=""
 if [ "$(id -u)" = 0 ]; then user_line="user root;"; fi
 
 # The nginx certificate: a throwaway CA and an ECDSA P-256 leaf for $name (only the leaf is
-# sent, as tenant-edge does with its internal CA).
+# sent, as tenant-edge does with its internal CA). HAProxy and bare Pingora use it too.
 (
   cd "$work/nginx-pki"
   openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ca.key 2>/dev/null
@@ -326,11 +612,22 @@ if [ "$(id -u)" = 0 ]; then user_line="user root;"; fi
     "$name" >leaf.ext
   openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -set_serial "0x$(openssl rand -hex 8)" \
     -days 2 -sha256 -extfile leaf.ext -out leaf.pem 2>/dev/null
+  # HAProxy's `crt` wants the certificate and its key in one file.
+  cat leaf.pem leaf.key >leaf-combined.pem
 ) || die "openssl could not generate the nginx certificate"
 
 fill bench/nginx-upstream.conf.template "$work/nginx-upstream.conf"
 fill bench/nginx-tls.conf.template "$work/nginx-tls.conf"
-fill bench/edge.yaml.template "$work/edge.yaml"
+edge_config edge "$edge_port" "$metrics_port" </dev/null
+if wants edge-nolog; then
+  edge_config edge-nolog "$nolog_port" "$nolog_metrics_port" <<'EOF'
+
+# edge-nolog (scripts/bench-load.sh): the edge with its access log off; the difference from
+# the `edge` rows is what the access log costs.
+access_log:
+  enabled: false
+EOF
+fi
 
 nginx -p "$work/" -e "$work/nginx-upstream.startup.log" -c "$work/nginx-upstream.conf" &
 upstream_pid=$!
@@ -342,32 +639,60 @@ nginx_pid=$!
 pids+=("$nginx_pid")
 wait_port "$nginx_port" "$nginx_pid" "nginx (TLS)"
 
-# BENCH_EDGE_ENV: extra environment for the edge only, to try a change without rebuilding
-# (e.g. "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" for another allocator).
-# shellcheck disable=SC2086 # word splitting of BENCH_EDGE_ENV is the point
-env RUST_LOG=warn ${BENCH_EDGE_ENV:-} "$edge_bin" run -c "$work/edge.yaml" >"$work/edge.log" 2>&1 &
-edge_pid=$!
-pids+=("$edge_pid")
-wait_port "$edge_port" "$edge_pid" "tenant-edge"
-
-bare_pid=""
-if wants pingora; then
-  RUST_LOG=warn "$bare_bin" "127.0.0.1:$bare_port" "$work/nginx-pki/leaf.pem" "$work/nginx-pki/leaf.key" \
-    "127.0.0.1:$upstream_port" 2 >"$work/pingora.log" 2>&1 &
-  bare_pid=$!
-  pids+=("$bare_pid")
-  wait_port "$bare_port" "$bare_pid" "bare_pingora"
+haproxy_pid=""
+if wants haproxy; then
+  fill bench/haproxy.cfg.template "$work/haproxy.cfg"
+  haproxy -c -f "$work/haproxy.cfg" >"$work/haproxy-check.log" 2>&1 ||
+    die "haproxy rejects $work/haproxy.cfg: $(cat "$work/haproxy-check.log")"
+  # -db: foreground, no master process: the pid is HAProxy itself (all its threads).
+  haproxy -db -f "$work/haproxy.cfg" >"$work/haproxy.log" 2>&1 &
+  haproxy_pid=$!
+  pids+=("$haproxy_pid")
+  wait_port "$haproxy_port" "$haproxy_pid" "haproxy"
 fi
 
-# Smoke test each, and warm the edge's certificate (the first handshake issues it).
-check() { # what, curl args…
-  local what=$1 body=""
-  shift
+start_edge edge
+edge_pid=$REPLY
+wait_port "$edge_port" "$edge_pid" "tenant-edge"
+
+nolog_pid=""
+if wants edge-nolog; then
+  start_edge edge-nolog
+  nolog_pid=$REPLY
+  wait_port "$nolog_port" "$nolog_pid" "tenant-edge (edge-nolog)"
+fi
+
+# start_bare port log [wrapper command…]: bare_pingora with 2 threads in $pingora_mode on PORT,
+# nginx's certificate, the upstream; its pid in $REPLY.
+start_bare() {
+  local port=$1 log=$2
+  shift 2
+  # shellcheck disable=SC2086 # $pingora_mode is one or two words
+  RUST_LOG=warn "$@" "$bare_bin" "127.0.0.1:$port" "$work/nginx-pki/leaf.pem" "$work/nginx-pki/leaf.key" \
+    "127.0.0.1:$upstream_port" 2 $pingora_mode >"$log" 2>&1 &
+  REPLY=$!
+  pids+=("$REPLY")
+}
+bare_pid=""
+if wants pingora; then
+  start_bare "$bare_port" "$work/pingora.log"
+  bare_pid=$REPLY
+  wait_port "$bare_port" "$bare_pid" "bare_pingora ($pingora_mode)"
+fi
+
+# Smoke test each, and warm the edges' certificates (the first handshake issues it).
+answers_ok() { # curl args…: status 0 once the answer is `ok` (50 tries), the last answer in $REPLY
+  REPLY=""
   for _ in $(seq 1 50); do
-    body=$(curl -sS --max-time 5 "$@" 2>>"$work/curl.log") && [ "$body" = "ok" ] && return 0
+    REPLY=$(curl -sS --max-time 5 "$@" 2>>"$work/curl.log") && [ "$REPLY" = "ok" ] && return 0
     sleep 0.2
   done
-  die "$what did not answer 'ok' (got '$body'); see $results/curl.log"
+  return 1
+}
+check() { # what, curl args…
+  local what=$1
+  shift
+  answers_ok "$@" || die "$what did not answer 'ok' (got '$REPLY'); see $results/curl.log"
 }
 check "the upstream" "http://127.0.0.1:$upstream_port/"
 check "the upstream (h2c)" --http2-prior-knowledge "http://127.0.0.1:$upstream_h2c_port/"
@@ -376,12 +701,23 @@ check "nginx" --cacert "$work/nginx-pki/ca.pem" --resolve "$name:$nginx_port:127
 check "tenant-edge" --cacert "$work/edge-data/ca/root.pem" --resolve "$name:$edge_port:127.0.0.1" \
   "https://$name:$edge_port/"
 h2_targets=("nginx $nginx_port $work/nginx-pki/ca.pem" "tenant-edge $edge_port $work/edge-data/ca/root.pem")
+if wants haproxy; then
+  check "haproxy" --cacert "$work/nginx-pki/ca.pem" --resolve "$name:$haproxy_port:127.0.0.1" \
+    "https://$name:$haproxy_port/"
+  h2_targets+=("haproxy $haproxy_port $work/nginx-pki/ca.pem")
+fi
+if wants edge-nolog; then
+  check "tenant-edge (edge-nolog)" --cacert "$work/edge-nolog-data/ca/root.pem" \
+    --resolve "$name:$nolog_port:127.0.0.1" "https://$name:$nolog_port/"
+  h2_targets+=("edge-nolog $nolog_port $work/edge-nolog-data/ca/root.pem")
+fi
 if wants pingora; then
   check "bare_pingora" --cacert "$work/nginx-pki/ca.pem" --resolve "$name:$bare_port:127.0.0.1" \
     "https://$name:$bare_port/"
   h2_targets+=("bare_pingora $bare_port $work/nginx-pki/ca.pem")
 fi
 for target in "${h2_targets[@]}"; do
+  # shellcheck disable=SC2086 # three words
   set -- $target
   version=$(curl -sS --max-time 5 --http2 --cacert "$3" "https://$name:$2/" -o /dev/null -w '%{http_version}')
   [ "$version" = 2 ] || die "$1 does not negotiate HTTP/2 on port $2 (got HTTP/$version)"
@@ -393,9 +729,12 @@ done
   echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src differs from HEAD)')"
   echo "edge: $edge_bin (built $(date -r "$edge_bin" -Is))${BENCH_EDGE_ENV:+ with $BENCH_EDGE_ENV}"
   echo "nginx: $(nginx -v 2>&1 | sed 's/.*: //'); wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'); h2load: $(h2load --version | awk '{print $2}')"
+  if wants haproxy; then echo "haproxy: $(haproxy -v | head -1 | awk '{print $3}')"; fi
+  if wants pingora; then echo "pingora: $bare_bin 2 $pingora_mode (built $(date -r "$bare_bin" -Is))"; fi
   echo "load: ${duration}s per measurement after ${warmup}s warm-up, $rounds round(s); wrk -t$threads -c$conns; h2load -c 10 -m 10; bursts of $burst"
-  echo "name: $name; ports: upstream $upstream_port (h2c $upstream_h2c_port), nginx $nginx_port, pingora $bare_port, edge $edge_port"
+  echo "name: $name; ports: upstream $upstream_port (h2c $upstream_h2c_port), nginx $nginx_port, haproxy $haproxy_port, pingora $bare_port, edge $edge_port (metrics $metrics_port), edge-nolog $nolog_port (metrics $nolog_metrics_port)"
   echo "servers: $servers"
+  echo "measurements: $measurements"
 } >"$results/context.txt"
 cat "$results/context.txt" >&2
 
@@ -407,10 +746,18 @@ cat "$results/context.txt" >&2
 : >"$results/rows.tsv"
 verdict=0
 
-# Before a measurement: note the edge's handshake counters and a busy machine.
+# The metrics port of an edge instance (nothing for the other servers).
+metrics_of() {
+  case "$1" in
+    edge) echo "$metrics_port" ;;
+    edge-nolog) echo "$nolog_metrics_port" ;;
+  esac
+}
+
+# Before a measurement: note an edge's handshake counters and a busy machine.
 before_run() { # server
   hs_before=""
-  if [ "$1" = edge ]; then hs_before=$(edge_handshakes); fi
+  if [ -n "$(metrics_of "$1")" ]; then hs_before=$(edge_handshakes "$(metrics_of "$1")"); fi
   local busy
   busy=$(busy_percent)
   if [ "$busy" -gt 15 ]; then
@@ -418,11 +765,12 @@ before_run() { # server
   fi
 }
 
-# The note column: for the edge, the full and resumed handshakes this measurement did.
+# The note column: for an edge, the full and resumed handshakes this measurement did.
 after_run() { # server
   note="-"
-  if [ "$1" = edge ] && [ -n "$hs_before" ]; then
-    note=$(echo "$hs_before $(edge_handshakes)" | awk '{printf "handshakes: %d full, %d resumed", $3 - $1, $4 - $2}')
+  if [ -n "$(metrics_of "$1")" ] && [ -n "$hs_before" ]; then
+    note=$(echo "$hs_before $(edge_handshakes "$(metrics_of "$1")")" |
+      awk '{printf "handshakes: %d full, %d resumed", $3 - $1, $4 - $2}')
   fi
 }
 
@@ -500,6 +848,7 @@ run_bursts() {
     /^requests:/ { gsub(",", ""); done += $8; err += $10 + $12 + $14 }
     /^status codes:/ { gsub(",", ""); err += $5 + $7 + $9 }
     END { printf "%.2f %d %d", (secs > 0 ? done / secs : 0), done, err }' "$out")
+  # shellcheck disable=SC2086 # three words
   set -- $stats
   row "$key" "$server" "$1" "$2" "$3" "-" "$(awk -v a="$before" -v b="$after" 'BEGIN { printf "%.2f", b - a }')"
 }
@@ -508,24 +857,191 @@ pid_of() {
   case "$1" in
     upstream) echo "$upstream_pid" ;;
     nginx) echo "$nginx_pid" ;;
+    haproxy) echo "$haproxy_pid" ;;
     pingora) echo "$bare_pid" ;;
     edge) echo "$edge_pid" ;;
+    edge-nolog) echo "$nolog_pid" ;;
   esac
 }
 port_of() {
   case "$1" in
     nginx) echo "$nginx_port" ;;
+    haproxy) echo "$haproxy_port" ;;
     pingora) echo "$bare_port" ;;
     edge) echo "$edge_port" ;;
+    edge-nolog) echo "$nolog_port" ;;
   esac
 }
 url_of() { # key server
   case "$2" in
     upstream) if [ "$1" = c ]; then echo "http://127.0.0.1:$upstream_h2c_port/"; else echo "http://127.0.0.1:$upstream_port/"; fi ;;
-    nginx) echo "https://$name:$nginx_port/" ;;
-    pingora) echo "https://$name:$bare_port/" ;;
-    edge) echo "https://$name:$edge_port/" ;;
+    *) echo "https://$name:$(port_of "$2")/" ;;
   esac
+}
+
+# ------------------------------------------------------------------------------------------
+# i: instructions per request under callgrind
+# ------------------------------------------------------------------------------------------
+cg_ctl() { timeout 120 callgrind_control "$@" >>"$work/callgrind-control.log" 2>&1; }
+
+# callgrind_phase server pid label dump h2load-args…: instrumentation on, one h2load run of
+# $cg_requests requests, off, dump number DUMP; the instructions counted in $REPLY.
+# --instr-atstart=no + `callgrind_control -i on` (not --collect-atstart=no: with collection
+# off at start, switching instrumentation on still counts nothing).
+callgrind_phase() {
+  local server=$1 pid=$2 label=$3 dump="$work/callgrind.$1.$2.$4" out="$results/i-$1-$3.txt" ok
+  shift 4
+  REPLY=""
+  cg_ctl -i on "$pid" || { say "i $server: callgrind_control -i on failed; see callgrind-control.log"; return 1; }
+  ok=0
+  timeout 1200 h2load "$@" >"$out" 2>&1 || ok=$?
+  cg_ctl -i off "$pid" || { say "i $server: callgrind_control -i off failed"; return 1; }
+  cg_ctl -d "$pid" || { say "i $server: callgrind_control -d failed"; return 1; }
+  if [ "$ok" != 0 ] || [ "$(awk '/^requests:/ {print $8}' "$out")" != "$cg_requests" ] ||
+    [ "$(awk '/^status codes:/ {print $3}' "$out")" != "$cg_requests" ]; then
+    say "i $server $label: h2load did not get $cg_requests 2xx answers; see $out"
+    return 1
+  fi
+  for _ in $(seq 1 100); do
+    grep -q '^totals:' "$dump" 2>/dev/null && break
+    sleep 0.1
+  done
+  [ -s "$dump" ] || { say "i $server: no callgrind dump $dump"; return 1; }
+  # "totals:" (the events of this dump); older callgrind writes only "summary:".
+  REPLY=$(awk '/^totals:/ {t += $2; seen = 1} /^summary:/ {s += $2} END {printf "%.0f", (seen ? t : s)}' "$dump")
+}
+
+# run_callgrind server (pingora | edge): a separate instance under callgrind, own ports (the
+# edge: own config and data dir, access log as by default), into callgrind.tsv.
+run_callgrind() {
+  local server=$1 port mport pid cafile url
+  local vg=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$work/callgrind.$server.%p")
+  free_port
+  port=$REPLY
+  if [ "$server" = pingora ]; then
+    start_bare "$port" "$work/pingora-callgrind.log" "${vg[@]}"
+    cafile=$work/nginx-pki/ca.pem
+  else
+    free_port
+    mport=$REPLY
+    edge_config edge-callgrind "$port" "$mport" </dev/null
+    start_edge edge-callgrind "${vg[@]}"
+    cafile=$work/edge-callgrind-data/ca/root.pem
+  fi
+  pid=$REPLY
+  url="https://$name:$port/"
+  if ! listening "$port" "$pid" 120; then
+    say "i $server: not listening on $port after 120 s under valgrind; see its log in $results; skipped"
+    stop_pid "$pid" 30
+    return 1
+  fi
+  # Warm: the certificate (the edge issues it now), the upstream connections, the code paths.
+  if ! answers_ok --cacert "$cafile" --resolve "$name:$port:127.0.0.1" "$url" ||
+    ! timeout 600 h2load --h1 -n 200 -c 1 "$url" >"$results/i-$server-warm.txt" 2>&1; then
+    say "i $server: warm-up failed under valgrind (see curl.log, i-$server-warm.txt); skipped"
+    stop_pid "$pid" 30
+    return 1
+  fi
+  local rc=0
+  if callgrind_phase "$server" "$pid" h1 1 --h1 -n "$cg_requests" -c 1 -m 1 "$url"; then
+    printf '%s\th1\t%s\t%s\n' "$server" "$REPLY" "$cg_requests" >>"$results/callgrind.tsv"
+    say "i $server HTTP/1.1: $((REPLY / cg_requests)) instructions per request"
+    if callgrind_phase "$server" "$pid" h2 2 -n "$cg_requests" -c 1 -m 10 "$url"; then
+      printf '%s\th2\t%s\t%s\n' "$server" "$REPLY" "$cg_requests" >>"$results/callgrind.tsv"
+      say "i $server HTTP/2: $((REPLY / cg_requests)) instructions per request"
+    fi
+  else
+    rc=1
+  fi
+  # Valgrind writes a last dump at exit (nothing in it: instrumentation is off by then).
+  stop_pid "$pid" 60
+  cp "$work/callgrind.$server.$pid"* "$results/" 2>/dev/null || true
+  return "$rc"
+}
+
+# ------------------------------------------------------------------------------------------
+# k: 10,000 cached certificates
+# ------------------------------------------------------------------------------------------
+# handshakes_for label port pid args…: BENCH_WARMUP s, then BENCH_DURATION s of
+# scripts/handshakes.py; "handshakes seconds errors cpu_s" into certs.tsv as LABEL_….
+handshakes_for() {
+  local label=$1 port=$2 pid=$3 out="$results/k-$1.txt" before after
+  shift 3
+  before_run k
+  timeout $((warmup + 60)) python3 scripts/handshakes.py --threads "$hs_threads" --duration "$warmup" \
+    127.0.0.1 "$port" "$@" >/dev/null 2>&1 || true
+  before=$(cpu_of "$pid")
+  if ! timeout $((duration + 60)) python3 scripts/handshakes.py --threads "$hs_threads" --duration "$duration" \
+    127.0.0.1 "$port" "$@" >"$out" 2>&1; then
+    say "k: handshakes.py failed ($label); see $out"
+    return 1
+  fi
+  after=$(cpu_of "$pid")
+  # shellcheck disable=SC2046 # "handshakes N seconds S errors E"
+  set -- $(awk '/^handshakes / {print $2, $4, $6}' "$out")
+  [ $# = 3 ] || { say "k: no result from handshakes.py ($label); see $out"; return 1; }
+  printf '%s_handshakes\t%s\n%s_seconds\t%s\n%s_errors\t%s\n%s_cpu\t%s\n' "$label" "$1" "$label" "$2" \
+    "$label" "$3" "$label" "$(awk -v a="$before" -v b="$after" 'BEGIN { printf "%.2f", b - a }')" >>"$results/certs.tsv"
+  say "k $label: $(awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f", (t > 0 ? n / t : 0) }') handshakes/s, $3 errors"
+}
+
+run_certs() {
+  local port mport pid before after c0 c1 start
+  free_port
+  port=$REPLY
+  free_port
+  mport=$REPLY
+  # The template ends inside `limits:`; the first lines below continue it.
+  edge_config edge-certs "$port" "$mport" <<EOF
+  # Measurement k (scripts/bench-load.sh): $cert_names names under $name, each its own
+  # certificate from the internal CA, all held in the memory cache. The per-client limit on
+  # never-seen names is off: every name comes from 127.0.0.1 on purpose.
+  clients:
+    enabled: false
+access_log:
+  enabled: false
+tls:
+  cache_capacity: $((cert_names * 2 > 20000 ? cert_names * 2 : 20000))
+EOF
+  start_edge edge-certs
+  pid=$REPLY
+  if ! listening "$port" "$pid" 30; then
+    say "k: the edge did not start; see edge-certs.log; skipped"
+    stop_pid "$pid"
+    return 1
+  fi
+  # The first handshake also sets up what every later one shares: not counted per certificate.
+  if ! answers_ok --cacert "$work/edge-certs-data/ca/root.pem" --resolve "$name:$port:127.0.0.1" \
+    "https://$name:$port/"; then
+    say "k: the edge did not answer 'ok' (got '$REPLY'); see curl.log; skipped"
+    stop_pid "$pid"
+    return 1
+  fi
+  sleep 1
+  before=$(rss_of "$pid")
+  c0=$(edge_metric "$mport" tenant_edge_certificates_cached)
+  say "k. warming $cert_names certificates (one full handshake per name, $hs_threads threads; the internal CA issues each)"
+  start=$SECONDS
+  if ! timeout 7200 python3 scripts/handshakes.py --warm --count "$cert_names" --threads "$hs_threads" \
+    127.0.0.1 "$port" "k{}.$name" >"$results/k-warm.txt"; then
+    say "k: warming failed; see k-warm.txt and edge-certs.log; skipped"
+    stop_pid "$pid"
+    return 1
+  fi
+  # Let the background work of the last issuances (store writes) finish before reading RSS.
+  sleep 2
+  after=$(rss_of "$pid")
+  c1=$(edge_metric "$mport" tenant_edge_certificates_cached)
+  {
+    printf 'names\t%s\nthreads\t%s\nrss_before\t%s\nrss_after\t%s\n' "$cert_names" "$hs_threads" "$before" "$after"
+    printf 'cached_before\t%s\ncached_after\t%s\nwarm_seconds\t%s\n' "$c0" "$c1" "$((SECONDS - start))"
+    printf 'warm_errors\t%s\n' "$(awk '/^handshakes / {print $6}' "$results/k-warm.txt")"
+  } >"$results/certs.tsv"
+  say "k: warmed in $((SECONDS - start)) s: RSS $before → $after KiB, certificates cached $c0 → $c1"
+  handshakes_for rr "$port" "$pid" --count "$cert_names" "k{}.$name" || true
+  handshakes_for one "$port" "$pid" "k0.$name" || true
+  curl -sS --max-time 5 "http://127.0.0.1:$mport/metrics" >"$results/edge-certs-metrics.txt" 2>/dev/null || true
+  stop_pid "$pid"
 }
 
 for round in $(seq 1 "$rounds"); do
@@ -553,13 +1069,27 @@ for round in $(seq 1 "$rounds"); do
 
   # Once, on servers that never held that many connections before: a process that did keeps
   # freed memory for reuse (nginx's pools, malloc's arenas), which would hide the cost.
+  # Not for edge-nolog: an idle connection writes no access log.
   if measures m && [ "$round" = 1 ]; then
     say "m. memory per idle keep-alive connection ($idle TLS connections held open)"
     for s in $servers; do
-      [ "$s" = upstream ] || run_idle "$s" "$(pid_of "$s")" "$(port_of "$s")"
+      case "$s" in upstream | edge-nolog) ;; *) run_idle "$s" "$(pid_of "$s")" "$(port_of "$s")" ;; esac
     done
   fi
 done
+
+# Once: instruction counts do not vary between rounds (and under valgrind they take long).
+if measures i && [ "$callgrind_ok" = 1 ]; then
+  say "i. instructions per request (callgrind, $cg_requests requests on 1 connection; valgrind is slow)"
+  for s in pingora edge; do
+    if wants "$s"; then run_callgrind "$s" || say "i $s: no result"; fi
+  done
+fi
+
+if measures k; then
+  say "k. $cert_names cached certificates (a separate edge; scripts/handshakes.py)"
+  run_certs || say "k: no result"
+fi
 
 curl -sS --max-time 5 "http://127.0.0.1:$metrics_port/metrics" >"$results/edge-metrics.txt" 2>/dev/null || true
 
@@ -570,18 +1100,7 @@ curl -sS --max-time 5 "http://127.0.0.1:$metrics_port/metrics" >"$results/edge-m
 if [ -s "$results/rows.tsv" ]; then
   render_table "$results/rows.tsv" >"$results/summary.txt" || verdict=$?
 fi
-if [ -s "$results/idle.tsv" ]; then
-  awk -F '\t' -v n="$idle" '
-    { best[$1] = ($3 - $2) * 1024 / n }
-    END {
-      print ""
-      printf "%-46s %-9s %10s\n", "m.  memory per idle keep-alive TLS connection", "", "bytes"
-      split("nginx pingora edge", order, " ")
-      for (i = 1; i <= 3; i++) if (order[i] in best) printf "%-46s %-9s %10.0f\n", "", order[i], best[order[i]]
-      if (("nginx" in best) && ("edge" in best) && best["nginx"] > 0)
-        printf "%-46s %-9s %10.2f  (reported; the issue sets no target)\n", "", "edge/nginx", best["edge"] / best["nginx"]
-    }' "$results/idle.tsv" >>"$results/summary.txt"
-fi
+render_extra "$results" >>"$results/summary.txt" || verdict=$?
 
 echo
 cat "$results/summary.txt"

@@ -24,7 +24,7 @@ tenant-edge is running (Ctrl-C to stop). Try:
 
   curl --cacert data/dev/ca/root.pem https://shop.localhost:8443/
   curl -i http://shop.localhost:8880/hello        # 308 to https
-  curl -s http://127.0.0.1:9100/metrics | grep tenant_edge_
+  curl -s http://127.0.0.1:9731/metrics | grep tenant_edge_
 
 Any name under .localhost works; each gets its own certificate from the internal CA.
 

@@ -6,6 +6,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use tenant_edge::cli::{self, Cli, Command};
 
+/// mimalloc instead of glibc's malloc: a proxied request makes dozens of small short-lived
+/// allocations across threads, which mimalloc serves from thread-local pages (fewer cycles per
+/// request, and memory given back after a burst of slow clients).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     cli::init_logging();
     match Cli::parse().command {

@@ -89,12 +89,49 @@ pub const NO_SOURCE: &str = "none";
 /// `tls_handshakes_completed_total{resumed}`.
 pub const RESUMED: [&str; 2] = ["true", "false"];
 
+/// `tls_handshakes_completed_total{version}`: the negotiated protocol version.
+pub const TLS_VERSIONS: [&str; 3] = ["TLSv1.3", "TLSv1.2", "other"];
+
+/// `tls_handshakes_completed_total{alpn}`: the negotiated application protocol (`none` when the
+/// client offered none we speak).
+pub const ALPNS: [&str; 5] = ["h2", "http/1.1", "acme-tls/1", "none", "other"];
+
+/// `tls_handshakes_completed_total{version}` of an OpenSSL version string.
+pub fn tls_version_label(version: &str) -> &'static str {
+    TLS_VERSIONS
+        .iter()
+        .find(|v| **v == version)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// `tls_handshakes_completed_total{alpn}` of a negotiated ALPN protocol.
+pub fn alpn_label(alpn: Option<&[u8]>) -> &'static str {
+    match alpn {
+        None => "none",
+        Some(b"h2") => "h2",
+        Some(b"http/1.1") => "http/1.1",
+        Some(b"acme-tls/1") => "acme-tls/1",
+        Some(_) => "other",
+    }
+}
+
+/// Waits for an issuance limit that are observed (`issuance_limit_wait_seconds{limit}`): the
+/// limits a new order waits out rather than being refused at once.
+pub const WAITED_LIMITS: [&str; 2] = ["rate", "concurrency"];
+
 pub struct Metrics {
     registry: Registry,
     /// outcome: served | a refusal kind; source: memory | disk | issued | none.
     pub handshakes: IntCounterVec,
-    /// Completed handshakes, by whether the session was resumed (resumption skips the callback).
+    /// Completed handshakes, by whether the session was resumed (resumption skips the
+    /// callback), protocol version and ALPN.
     pub handshakes_completed: IntCounterVec,
+    /// Time a certificate order waited for an issuance limit before it was placed (or gave up).
+    /// limit: rate | concurrency.
+    pub limit_wait: HistogramVec,
+    /// 1, labelled with the version and commit the binary was built from.
+    pub build_info: IntGaugeVec,
     /// source: platform | database | ask | cache; result: allowed | denied | error |
     /// stale_allowed (source failed, a previous yes was used) | fail_closed (source failed,
     /// name never allowed before, refused).
@@ -207,6 +244,10 @@ impl Metrics {
             "Access-log lines dropped because the writer fell behind",
         )?;
         r.register(Box::new(access_log_dropped.clone()))?;
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
 
         const LATENCY: &[f64] = &[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -224,8 +265,21 @@ impl Metrics {
             handshakes_completed: counter(
                 &r,
                 "tls_handshakes_completed_total",
-                "TLS handshakes completed, by session resumption",
-                &["resumed"],
+                "TLS handshakes completed, by session resumption, protocol version and ALPN",
+                &["resumed", "version", "alpn"],
+            )?,
+            limit_wait: histogram(
+                &r,
+                "issuance_limit_wait_seconds",
+                "Time a certificate order waited for an issuance limit (rate, concurrency)",
+                &["limit"],
+                ISSUANCE,
+            )?,
+            build_info: gauges(
+                &r,
+                "build_info",
+                "Always 1; labelled with the version and commit of the running binary",
+                &["version", "commit"],
             )?,
             decisions: counter(
                 &r,
@@ -381,6 +435,10 @@ impl Metrics {
             )?,
             registry: r,
         };
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("TENANT_EDGE_COMMIT")])
+            .set(1);
         Ok(metrics)
     }
 
@@ -396,7 +454,15 @@ impl Metrics {
             self.handshakes.with_label_values(&[outcome, NO_SOURCE]);
         }
         for resumed in RESUMED {
-            self.handshakes_completed.with_label_values(&[resumed]);
+            for version in TLS_VERSIONS {
+                for alpn in ALPNS {
+                    self.handshakes_completed
+                        .with_label_values(&[resumed, version, alpn]);
+                }
+            }
+        }
+        for limit in WAITED_LIMITS {
+            self.limit_wait.with_label_values(&[limit]);
         }
         for source in sets.decision_sources {
             for result in sets.decision_results {

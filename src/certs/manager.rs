@@ -518,6 +518,9 @@ impl CertManager {
     /// "not now": refuse at once. Every refusal is counted and logged.
     async fn permit(&self, name: &Domain, renewal: bool) -> Result<OrderPermit, Refusal> {
         let patient_until = Instant::now() + self.settings.issue_timeout;
+        // Time spent waiting for each limit, observed once the wait is over (a handshake that
+        // is slow because of a limit shows why in `issuance_limit_wait_seconds`).
+        let mut waited = [Duration::ZERO; 2];
         let attempt = loop {
             let attempt = if renewal {
                 self.limits.try_acquire_renewal(name)
@@ -525,17 +528,27 @@ impl CertManager {
                 self.limits.try_acquire(name)
             };
             let wait = match &attempt {
-                Err(Limited::Rate { retry_in, .. }) => Some(*retry_in),
-                Err(Limited::Concurrency { .. }) => Some(Duration::from_millis(100)),
+                Err(Limited::Rate { retry_in, .. }) => Some((0, *retry_in)),
+                Err(Limited::Concurrency { .. }) => Some((1, Duration::from_millis(100))),
                 _ => None,
             };
             match wait {
-                Some(wait) if Instant::now() + wait < patient_until => {
-                    tokio::time::sleep(wait.max(Duration::from_millis(10))).await
+                Some((limit, wait)) if Instant::now() + wait < patient_until => {
+                    let started = Instant::now();
+                    tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+                    waited[limit] += started.elapsed();
                 }
                 _ => break attempt,
             }
         };
+        for (limit, waited) in crate::metrics::WAITED_LIMITS.iter().zip(waited) {
+            if !waited.is_zero() {
+                self.metrics
+                    .limit_wait
+                    .with_label_values(&[limit])
+                    .observe(waited.as_secs_f64());
+            }
+        }
         let charged = match attempt {
             Ok(mut permit) => match self.limits.charge_account(&mut permit, renewal).await {
                 Ok(()) => Ok(permit),

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::http::upstream::{HealthCheckKind, HealthCheckSettings, PoolSettings};
 use crate::metrics::Metrics;
 use crate::server::edge::shared_store;
+use crate::util::ports::taken_port_message;
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -85,7 +86,7 @@ fn finding(level: Level, subject: impl Into<String>, message: impl Into<String>)
 }
 
 /// What to probe besides the file itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probes {
     /// Bind each listen address once (fails when something else holds it).
     pub ports: bool,
@@ -114,7 +115,13 @@ impl Probes {
 
 /// Every finding for the file at `path`.
 pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
-    let config = match Config::load(path) {
+    // A syntax check needs no secret: an unset variable is a warning there (`run` refuses it).
+    let loaded = if probes == Probes::SYNTAX_ONLY {
+        Config::load_without_secrets(path)
+    } else {
+        Config::load(path).map(|c| (c, Vec::new()))
+    };
+    let (config, missing) = match loaded {
         Ok(c) => c,
         Err(errors) => {
             return errors
@@ -140,6 +147,13 @@ pub fn check(path: &Path, probes: Probes) -> Vec<Finding> {
         path.display().to_string(),
         "the configuration is valid",
     )];
+    for name in missing {
+        out.push(finding(
+            Level::Warn,
+            format!("${{{name}}}"),
+            "the environment variable is not set: `run` and the probes of `check` need it",
+        ));
+    }
     out.extend(wildcard_warnings(&config));
     if probes.ports {
         for (key, addr) in config.listen.all() {
@@ -475,12 +489,9 @@ fn probe_port(key: &str, addr: SocketAddr) -> Finding {
     let subject = format!("{key} {addr}");
     match TcpListener::bind(addr) {
         Ok(_) => finding(Level::Ok, subject, "the address is free"),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => finding(
-            Level::Error,
-            subject,
-            "already in use by another process (kamal-proxy or Caddy still bound to it? \
-             Run kamal-proxy on 127.0.0.1:8080 with `ssl: false` behind tenant-edge; `ss -ltnp` shows the owner)",
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            finding(Level::Error, subject, taken_port_message(addr))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => finding(
             Level::Error,
             subject,

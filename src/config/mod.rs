@@ -81,7 +81,47 @@ impl Config {
                 message: format!("cannot read the file: {e}"),
             }],
         })?;
-        Config::from_yaml(&text, &file, &|name| std::env::var(name).ok())
+        let mut config = Config::from_yaml(&text, &file, &|name| std::env::var(name).ok())?;
+        // Relative paths mean "from where the edge was started", also after `run -d`, whose
+        // daemon changes to `/`.
+        if let Ok(cwd) = std::env::current_dir() {
+            config.make_paths_absolute(&cwd);
+        }
+        Ok(config)
+    }
+
+    /// Resolve every relative path of the file against `base`.
+    pub fn make_paths_absolute(&mut self, base: &Path) {
+        let abs = |p: &mut std::path::PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.data_dir);
+        abs(&mut self.server.pid_file);
+        abs(&mut self.server.upgrade_sock);
+        if let Some(p) = &mut self.server.error_log {
+            abs(p);
+        }
+        if let crate::logging::access::LogTarget::File(p) = &mut self.access_log.target {
+            abs(p);
+        }
+        if let Some(p) = self
+            .allow
+            .database
+            .as_mut()
+            .and_then(|d| d.tls_root.as_mut())
+        {
+            abs(p);
+        }
+        if let Some(p) = self.shared_store.as_mut().and_then(|s| s.tls_root.as_mut()) {
+            abs(p);
+        }
+        if let IssuerConfig::Acme(acme) = &mut self.issuer {
+            if let Some(p) = &mut acme.trusted_root {
+                abs(p);
+            }
+        }
     }
 
     /// Parse a document; `env` resolves `${NAME}` (tests pass a closure, `load` the process env).
@@ -89,6 +129,43 @@ impl Config {
         text: &str,
         file: &str,
         env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigErrors> {
+        Config::parse(text, file, env, None)
+    }
+
+    /// `load` for commands that use no secret (`certs list`, `show`, `remove`,
+    /// `import-caddy`): a variable that is not set is no error. Returns the names of the
+    /// variables that were not set.
+    pub fn load_without_secrets(path: &Path) -> Result<(Config, Vec<String>), ConfigErrors> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            file: file.clone(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                value: None,
+                message: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        let mut missing = Vec::new();
+        let mut config = Config::parse(
+            &text,
+            &file,
+            &|name| std::env::var(name).ok(),
+            Some(&mut missing),
+        )?;
+        if let Ok(cwd) = std::env::current_dir() {
+            config.make_paths_absolute(&cwd);
+        }
+        missing.sort();
+        missing.dedup();
+        Ok((config, missing))
+    }
+
+    fn parse(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+        missing: Option<&mut Vec<String>>,
     ) -> Result<Config, ConfigErrors> {
         let mut list = Vec::new();
         let mut unknown = Vec::new();
@@ -130,6 +207,7 @@ impl Config {
             let mut errs = Errors {
                 list: &mut list,
                 env,
+                missing,
             };
             build(&raw, &mut errs)
         };
@@ -142,6 +220,9 @@ impl Config {
         }
     }
 }
+
+/// Certificates the internal CA signs at once unless `limits.issuance.max_concurrent` says.
+const INTERNAL_CA_CONCURRENCY: usize = 64;
 
 /// Every section, in document order (errors come out in that order).
 fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
@@ -163,16 +244,23 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
     let issuer = issuer::build(&raw.issuer, errs);
     let upstreams = upstreams::build(&raw.upstreams, errs);
     let mut limits = limits::build(&raw.limits, errs);
-    // The account budget models an ACME CA's limit on one account; the internal CA has none
-    // unless the file asks for one.
+    // The issuance limits model a public CA's limits on one account (Let's Encrypt's rates and
+    // budgets); the internal CA signs locally, so unless the file asks, it gets no rate limit,
+    // no budgets and a generous concurrency cap (signing is CPU only).
     if let (Some(IssuerConfig::Internal(_)), Some(l)) = (&issuer, &mut limits) {
-        let asked = raw
-            .limits
-            .issuance
-            .as_ref()
-            .is_some_and(|i| i.orders_per_3h.is_some());
-        if !asked {
+        let asked = raw.limits.issuance.as_ref();
+        let set = |f: fn(&raw::IssuanceLimits) -> bool| asked.is_some_and(f);
+        if !set(|i| i.orders_per_3h.is_some()) {
             l.issuance.account = None;
+        }
+        if !set(|i| i.interval.is_some()) {
+            l.issuance.interval = Duration::ZERO;
+        }
+        if !set(|i| i.budget_per_week.is_some()) {
+            l.issuance.budget_per_week = None;
+        }
+        if !set(|i| i.max_concurrent.is_some()) {
+            l.issuance.max_concurrent = INTERNAL_CA_CONCURRENCY;
         }
     }
     let renewal = renewal::build_renewal(&raw.renewal, errs);
@@ -194,10 +282,18 @@ fn build(raw: &raw::File, errs: &mut Errors<'_>) -> Option<Config> {
     }
     let (forwarding, proxy_protocol_timeout) = forwarding.unzip();
     let access_log = access_log::build(&raw.access_log, errs);
+    let data_dir = data_dir?;
+    let mut server = server?;
+    if server.pid_file.as_os_str().is_empty() {
+        server.pid_file = data_dir.join("tenant-edge.pid");
+    }
+    if server.upgrade_sock.as_os_str().is_empty() {
+        server.upgrade_sock = data_dir.join("upgrade.sock");
+    }
     Some(Config {
-        data_dir: data_dir?,
+        data_dir,
         listen: listen?,
-        server: server?,
+        server,
         tls: tls?,
         allow: allow?,
         issuer: issuer?,

@@ -29,18 +29,15 @@ pub fn build(s: &raw::Server, errs: &mut Errors<'_>) -> Option<ServerSettings> {
         &s.graceful_shutdown_timeout,
         secs(5),
     );
+    // Default: in the data directory (filled in by the caller), never in /tmp, where anyone
+    // could place a socket or pid file first.
     let pid_file = s
         .pid_file
         .as_ref()
-        .map_or(Some("/tmp/tenant-edge.pid".into()), |v| {
-            errs.path("server.pid_file", v)
-        });
-    let upgrade_sock = s
-        .upgrade_sock
-        .as_ref()
-        .map_or(Some("/tmp/tenant-edge-upgrade.sock".into()), |v| {
-            errs.path("server.upgrade_sock", v)
-        });
+        .map_or(Some(PathBuf::new()), |v| errs.path("server.pid_file", v));
+    let upgrade_sock = s.upgrade_sock.as_ref().map_or(Some(PathBuf::new()), |v| {
+        errs.path("server.upgrade_sock", v)
+    });
     let error_log = s
         .error_log
         .as_ref()

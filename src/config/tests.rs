@@ -15,7 +15,7 @@ data_dir: /tmp/tenant-edge-test
 listen:
   https: 127.0.0.1:8443
   http: 127.0.0.1:8880
-  metrics: 127.0.0.1:9100
+  metrics: 127.0.0.1:9731
 allow:
   platform_domains: ["*.localhost", "example.com"]
 upstreams:
@@ -221,7 +221,7 @@ fn each_bad_input_names_its_key_path_and_value() {
         ),
         (
             "duplicate listener",
-            variant("metrics: 127.0.0.1:9100", "metrics: 127.0.0.1:8880"),
+            variant("metrics: 127.0.0.1:9731", "metrics: 127.0.0.1:8880"),
             "listen.metrics",
             Some("127.0.0.1:8880"),
         ),
@@ -324,8 +324,8 @@ fn all_errors_are_reported_at_once() {
         .replace("https: 127.0.0.1:8443", "https: nope")
         .replace("interval: 2s", "interval: soon")
         .replace(
-            "metrics: 127.0.0.1:9100",
-            "metrics: 127.0.0.1:9100\n  typo: 1",
+            "metrics: 127.0.0.1:9731",
+            "metrics: 127.0.0.1:9731\n  typo: 1",
         );
     let err = parse(&doc).unwrap_err();
     for path in [

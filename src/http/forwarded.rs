@@ -32,24 +32,43 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The names the edge sets, spelt as they go on the wire. Pingora's `insert_header` keeps a
+/// header's case: given a `HeaderName` it builds the title-case spelling again (an allocation
+/// and a pass over the name) on every call; given a static string it takes it as it is.
+const XFF_WIRE: &str = "X-Forwarded-For";
+const XFP_WIRE: &str = "X-Forwarded-Proto";
+const XFH_WIRE: &str = "X-Forwarded-Host";
+
 /// Headers through which a client could claim an address, scheme, host or port.
-static FROM_CLIENT: [HeaderName; 15] = [
-    HeaderName::from_static("forwarded"),
-    HeaderName::from_static("x-forwarded-for"),
-    HeaderName::from_static("x-forwarded-proto"),
-    HeaderName::from_static("x-forwarded-host"),
-    HeaderName::from_static("x-forwarded-port"),
-    HeaderName::from_static("x-forwarded-ssl"),
-    HeaderName::from_static("x-forwarded-scheme"),
-    HeaderName::from_static("x-forwarded-server"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("client-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("x-cluster-client-ip"),
-    HeaderName::from_static("x-original-forwarded-for"),
-    HeaderName::from_static("cf-connecting-ip"),
+const FROM_CLIENT: [&str; 15] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-server",
+    "x-real-ip",
+    "true-client-ip",
+    "client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "cf-connecting-ip",
 ];
+
+/// Whether `name` (lowercase, as `http` keeps names) is one of `FROM_CLIENT`, also when spelt
+/// with underscores (`X_Forwarded_For`): Rack maps both spellings to one variable, and some
+/// app servers let the underscore one win.
+fn from_client(name: &str) -> bool {
+    if name.contains('_') {
+        let dashed = name.replace('_', "-");
+        FROM_CLIENT.contains(&dashed.as_str())
+    } else {
+        FROM_CLIENT.contains(&name)
+    }
+}
 
 /// Rewrite the forwarding headers of a request about to go upstream. `client` is the peer
 /// (after PROXY protocol), `trusted` whether it is a trusted proxy, `host` the request's host
@@ -75,42 +94,32 @@ pub fn rewrite(
             xff.push_str(&ip.to_string());
         }
         if !xff.is_empty() {
-            req.insert_header(X_FORWARDED_FOR.clone(), xff)?;
+            req.insert_header(XFF_WIRE, xff)?;
         }
         if !req.headers.contains_key(&X_FORWARDED_PROTO) {
-            req.insert_header(X_FORWARDED_PROTO.clone(), "https")?;
+            req.insert_header(XFP_WIRE, "https")?;
         }
         if let (Some(host), false) = (host, req.headers.contains_key(&X_FORWARDED_HOST)) {
-            req.insert_header(X_FORWARDED_HOST.clone(), host)?;
+            req.insert_header(XFH_WIRE, host)?;
         }
         return Ok(());
     }
-    for name in &FROM_CLIENT {
-        if req.headers.contains_key(name) {
-            req.remove_header(name);
-        }
-    }
-    // The same names spelt with underscores (`X_Forwarded_For`): Rack maps both spellings to
-    // one variable, and some app servers let the underscore one win.
-    let underscored: Vec<HeaderName> = req
+    // One pass over the request's header names; nothing is allocated unless one is found.
+    let claimed: Vec<HeaderName> = req
         .headers
         .keys()
-        .filter(|k| k.as_str().contains('_'))
-        .filter(|k| {
-            let dashed = k.as_str().replace('_', "-");
-            FROM_CLIENT.iter().any(|f| f.as_str() == dashed)
-        })
+        .filter(|k| from_client(k.as_str()))
         .cloned()
         .collect();
-    for name in &underscored {
+    for name in &claimed {
         req.remove_header(name);
     }
     if let Some(ip) = client {
-        req.insert_header(X_FORWARDED_FOR.clone(), ip.to_string())?;
+        req.insert_header(XFF_WIRE, ip.to_string())?;
     }
-    req.insert_header(X_FORWARDED_PROTO.clone(), "https")?;
+    req.insert_header(XFP_WIRE, "https")?;
     if let Some(host) = host {
-        req.insert_header(X_FORWARDED_HOST.clone(), host)?;
+        req.insert_header(XFH_WIRE, host)?;
     }
     Ok(())
 }

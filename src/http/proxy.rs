@@ -30,7 +30,7 @@ use crate::http::request_id::{request_id, X_REQUEST_ID};
 use crate::http::timeouts::TimeoutSettings;
 use crate::http::upstream::Upstreams;
 use crate::limits::connections::{CloseReason, Connections};
-use crate::logging::access::{now_rfc3339, AccessLog, RequestLine};
+use crate::logging::access::{AccessLog, RequestLine};
 use crate::metrics::{label_set, status_class, Metrics};
 use crate::tls::accept::connection_key;
 use crate::tls::handshake::ConnName;
@@ -53,6 +53,7 @@ pub struct EdgeProxy {
 }
 
 /// How the proxy treats a client: its timeouts, whom it trusts, its connection limits.
+#[derive(Clone)]
 pub struct ClientPolicy {
     pub timeouts: TimeoutSettings,
     pub forwarding: ForwardingSettings,
@@ -408,7 +409,8 @@ impl ProxyHttp for EdgeProxy {
         let trusted = client_ip.is_some_and(|ip| self.policy.forwarding.trusts(ip));
         forwarded::rewrite(req, client_ip, trusted, ctx.host_header.as_deref())?;
         if let Some(id) = &ctx.request_id {
-            req.insert_header(X_REQUEST_ID.clone(), id.as_str())?;
+            // A static name: Pingora takes its spelling as it is (see `forwarded`).
+            req.insert_header("X-Request-Id", id.as_str())?;
         }
         if let Some(host) = &ctx.host_header {
             // HTTP/2 clients send :authority, not Host; HTTP/1.1 upstreams need Host.
@@ -545,9 +547,12 @@ fn request_line<'a>(
         Some(req.uri.path())
     };
     RequestLine {
-        time: now_rfc3339(),
         event: "request",
-        client: session.client_addr().map(|a| a.to_string()),
+        client_inet: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        client: session
+            .client_addr()
+            .filter(|a| a.as_inet().is_none())
+            .map(|a| a as &dyn std::fmt::Display),
         tls_name: conn.map(|c| c.name.as_str()),
         tls_version: ssl.map(|s| s.version.as_ref()),
         alpn: Some(if session.is_http2() { "h2" } else { "http/1.1" }),
@@ -559,7 +564,7 @@ fn request_line<'a>(
         bytes_in: Some(session.body_bytes_read() as u64),
         bytes_out: Some(session.body_bytes_sent() as u64),
         duration_ms: Some((ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
-        upstream: ctx.tried.last().map(|a| a.to_string()),
+        upstream: ctx.tried.last().copied(),
         pool,
         upstream_status: ctx.upstream_status,
         request_id: ctx.request_id.as_deref(),

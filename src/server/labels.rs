@@ -168,11 +168,30 @@ mod tests {
                 );
             }
         }
+        let completed = series(&text, "tenant_edge_tls_handshakes_completed_total");
         for resumed in crate::metrics::RESUMED {
-            let want = format!("resumed=\"{resumed}\"");
-            assert!(series(&text, "tenant_edge_tls_handshakes_completed_total")
-                .iter()
-                .any(|s| s.contains(&want)));
+            for version in crate::metrics::TLS_VERSIONS {
+                for alpn in crate::metrics::ALPNS {
+                    let want =
+                        format!("{{alpn=\"{alpn}\",resumed=\"{resumed}\",version=\"{version}\"}}");
+                    assert!(completed.contains(&want), "no {want} in {completed:?}");
+                }
+            }
         }
+        let waits = series(&text, "tenant_edge_issuance_limit_wait_seconds_count");
+        for limit in crate::metrics::WAITED_LIMITS {
+            let want = format!("{{limit=\"{limit}\"}}");
+            assert!(waits.contains(&want), "no {want} in {waits:?}");
+            assert!(
+                LimitKind::from_label(limit).is_some(),
+                "{limit} is not a LimitKind label"
+            );
+        }
+        let build = series(&text, "tenant_edge_build_info");
+        assert!(
+            build.iter().any(|s| s.contains(env!("CARGO_PKG_VERSION"))),
+            "{build:?}"
+        );
+        assert!(text.contains("\nprocess_open_fds "), "no process collector");
     }
 }

@@ -26,19 +26,35 @@ pub fn socket_options(addr: &std::net::SocketAddr, timeouts: &TimeoutSettings) -
     options
 }
 
-/// Every listen address can be bound right now. Pingora retries a taken address for a while and
-/// then runs on without that listener; the edge refuses to start instead (a port taken by
-/// kamal-proxy or Caddy is the seed story's classic). Not used for a graceful upgrade, where the
-/// old process hands its sockets over.
+/// The text under which HTTPS service number `core` listens on `addr`: the address itself for
+/// the first, the same address with `core` leading zeros in the port for the others
+/// (`127.0.0.1:0443`). Pingora keys its listening sockets by this text: one socket per text,
+/// opened with `SO_REUSEPORT` so that each single-threaded service accepts on a socket of its
+/// own (the kernel spreads new connections over them, nothing is closed twice), and handed to
+/// the new process by the same text on a graceful upgrade.
+pub fn core_address(addr: &std::net::SocketAddr, core: usize) -> String {
+    let host = match addr {
+        std::net::SocketAddr::V4(a) => a.ip().to_string(),
+        std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+    };
+    format!("{host}:{}{}", "0".repeat(core), addr.port())
+}
+
+/// Every listen address can be bound right now, checked before Pingora starts so that the
+/// error names the address and whoever holds it (a port taken by kamal-proxy or Caddy is the
+/// seed story's classic). Not used for a graceful upgrade, where the old process hands its
+/// sockets over.
 pub fn ensure_listen_addresses_free(config: &Config) -> Result<(), BuildError> {
     for (key, addr) in config.listen.all() {
         if let Err(e) = std::net::TcpListener::bind(addr) {
             let hint = match e.kind() {
                 std::io::ErrorKind::AddrInUse => {
-                    " (another process holds it: kamal-proxy or Caddy? `tenant-edge check` and `ss -ltnp` say which)"
+                    format!(" ({})", crate::util::ports::taken_port_message(*addr))
                 }
-                std::io::ErrorKind::PermissionDenied => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
-                _ => "",
+                std::io::ErrorKind::PermissionDenied => {
+                    " (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_string()
+                }
+                _ => String::new(),
             };
             return Err(BuildError::Listener {
                 addr: format!("{key} {addr}"),

@@ -12,6 +12,7 @@
 //! - `error`: why an edge could not be built.
 //! - `labels`: the closed label sets of every metric family.
 
+pub mod admin;
 pub mod edge;
 pub mod error;
 pub mod feeds;
@@ -32,6 +33,7 @@ use pingora::services::listening::Service;
 
 use crate::allow::remembered::RememberedStore;
 use crate::certs::maintain::Maintenance;
+use crate::config::issuer::IssuerConfig;
 use crate::config::Config;
 use crate::domain::Domain;
 use crate::http::app::EdgeApp;
@@ -42,10 +44,11 @@ use crate::http::proxy::{ClientPolicy, EdgeProxy};
 use crate::http::upstream::Upstreams;
 use crate::limits::connections::{Connections, Listener};
 use crate::logging::access::AccessLogWriter;
+use crate::server::admin::AdminService;
 use crate::server::edge::{build_edge, Edge};
 use crate::server::error::BuildError;
 use crate::server::feeds::maintenance_inputs;
-use crate::server::listen::socket_options;
+use crate::server::listen::{core_address, socket_options};
 use crate::server::remember::RememberService;
 use crate::tls::accept::{Accept, ProxyProtocol};
 use crate::tls::gate::{ClientGate, EdgeNames};
@@ -84,6 +87,14 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
     );
     server.add_service(background_service("certificate maintenance", maintenance));
     server.add_service(background_service(
+        "admin socket",
+        AdminService {
+            manager: edge.manager.clone(),
+            path: config.data_dir.join(admin::SOCKET),
+            renew_fraction: config.renewal.fraction,
+        },
+    ));
+    server.add_service(background_service(
         "access log",
         AccessLogWriter {
             log: edge.access_log.clone(),
@@ -117,8 +128,30 @@ pub fn build_server(config: &Config, opts: RunOptions) -> Result<(Server, Edge),
         &edge.metrics,
         &mut server,
     )?);
-    let https = https_service(config, &edge, &server, upstreams, &connections, &tickets)?;
-    server.add_service(https);
+    // Before TLS: the PROXY protocol, connection limits, then one client cycling through
+    // never-seen names is cut off before its names reach the database (the certificate
+    // callback cannot see the address). One for every HTTPS service: the limits are per client,
+    // not per service.
+    let gate = config.limits.clients.as_ref().map(|s| {
+        let acme = matches!(config.issuer, IssuerConfig::Acme(_));
+        let known = EdgeNames::new(edge.manager.clone(), edge.challenges.clone(), acme);
+        ClientGate::new(s.clone(), Arc::new(known), edge.metrics.clone())
+            .with_access_log(edge.access_log.clone())
+    });
+    let accept = Arc::new(Accept {
+        connections: connections.clone(),
+        proxy: proxy_protocol(config),
+        gate,
+    });
+    for core in 0..https_services(config) {
+        let shared = HttpsShared {
+            upstreams: upstreams.clone(),
+            connections: &connections,
+            tickets: &tickets,
+            accept: accept.clone(),
+        };
+        server.add_service(https_service(config, &edge, &server, shared, core)?);
+    }
     if !config.listen.http.is_empty() {
         server.add_service(http_service(config, &edge, &connections));
     }
@@ -178,14 +211,43 @@ fn http_options(config: &Config) -> (HttpServerOptions, H2Options) {
     (options, h2)
 }
 
+/// What every HTTPS service shares: the upstream pools' health state, the connection
+/// registry, the session-ticket keys, the pre-TLS step (connection limits, the client gate).
+struct HttpsShared<'a> {
+    upstreams: Arc<Upstreams>,
+    connections: &'a Arc<Connections>,
+    tickets: &'a Arc<TicketKeys>,
+    accept: Arc<Accept>,
+}
+
+/// How many HTTPS services run: one per `server.threads`, each on one thread of its own.
+///
+/// Pingora runs a service's threads as one work-stealing runtime (or, with stealing off, one
+/// accept task handing connections to random threads) with one upstream connection pool for
+/// all of them: on a small machine its threads wake and migrate each other constantly. N
+/// services of one thread each, each accepting on its own `SO_REUSEPORT` socket of every
+/// HTTPS address (`listen::core_address`), keep every connection, its upstream connections and
+/// their pool on the thread that accepted it, and share everything else through
+/// `HttpsShared`. (Two services on the same address text would share one socket, which
+/// Pingora then closes once per service at shutdown.)
+fn https_services(config: &Config) -> usize {
+    config.server.threads.max(1)
+}
+
+/// The HTTPS service number `core`: one thread, its own upstream connection pool.
 fn https_service(
     config: &Config,
     edge: &Edge,
     server: &Server,
-    upstreams: Arc<Upstreams>,
-    connections: &Arc<Connections>,
-    tickets: &Arc<TicketKeys>,
+    shared: HttpsShared<'_>,
+    core: usize,
 ) -> Result<Service<ConnApp<EdgeApp<HttpProxy<EdgeProxy>>>>, BuildError> {
+    let HttpsShared {
+        upstreams,
+        connections,
+        tickets,
+        accept,
+    } = shared;
     let policy = ClientPolicy {
         timeouts: config.timeouts.clone(),
         forwarding: config.forwarding.clone(),
@@ -211,25 +273,16 @@ fn https_service(
             Some(edge.access_log.clone()),
         )
         .map_err(listener_error)?;
-        let endpoint = ListenerConfig::tcp(addr.to_string())
+        let mut options = socket_options(addr, &config.timeouts);
+        // Always, so that a graceful upgrade to another `server.threads` can add sockets.
+        options.so_reuseport = Some(true);
+        let endpoint = ListenerConfig::tcp(core_address(addr, core))
             .tls(tls)
             .l4_buffer(listener_buffers())
-            .tcp_socket_options(socket_options(addr, &config.timeouts));
+            .tcp_socket_options(options);
         listeners.add_listener(endpoint);
     }
-    // Before TLS: the PROXY protocol, connection limits, then one client cycling through
-    // never-seen names is cut off before its names reach the database (the certificate
-    // callback cannot see the address).
-    let gate = config.limits.clients.as_ref().map(|s| {
-        let known = EdgeNames::new(edge.manager.clone(), edge.challenges.clone());
-        ClientGate::new(s.clone(), Arc::new(known), edge.metrics.clone())
-            .with_access_log(edge.access_log.clone())
-    });
-    listeners.set_pre_tls_callback(Arc::new(Accept {
-        connections: connections.clone(),
-        proxy: proxy_protocol(config),
-        gate,
-    }));
+    listeners.set_pre_tls_callback(accept);
     let (options, h2) = http_options(config);
     let app = EdgeApp::new(
         pingora::proxy::http_proxy(&server.configuration, proxy),
@@ -245,11 +298,9 @@ fn https_service(
         None,
         config.timeouts.clone(),
     );
-    Ok(Service::with_listeners(
-        "tenant-edge https".to_string(),
-        listeners,
-        app,
-    ))
+    let mut service = Service::with_listeners(format!("tenant-edge https {core}"), listeners, app);
+    service.threads = Some(1);
+    Ok(service)
 }
 
 fn http_service(
@@ -302,6 +353,9 @@ fn server_conf(config: &Config, opts: RunOptions) -> ServerConf {
         graceful_shutdown_timeout_seconds: Some(2),
         // One try plus one retry on another backend (see `EdgeProxy::fail_to_connect`).
         max_retries: 2,
+        // The HTTPS services run one thread each (`https_services`); the others' threads
+        // need no stealing either: a task stays where it started, with its connections.
+        work_stealing: false,
         ..ServerConf::default()
     }
 }

@@ -142,7 +142,7 @@ impl ClientGate {
                 Seen::NeverSeen(name) => Some(name.as_str()),
                 _ => None,
             };
-            access.refused_handshake(Some(ip.to_string()), name, LimitKind::Client.label());
+            access.refused_handshake(Some(ip), name, LimitKind::Client.label());
         }
         if let Some(dropped) = self.log.take() {
             let s = self.settings();
@@ -232,6 +232,9 @@ impl PreTlsProcess for ClientGate {
         };
         let mut buf = HelloBuf::new();
         let seen = self.read_hello(stream, &mut buf).await;
+        if let Some(access) = &self.access {
+            access.note_client_hello(buf.filled(), ip);
+        }
         stream.rewind(buf.filled());
         if self.admit(ip, &seen) {
             if let Seen::NeverSeen(name) = &seen {
@@ -305,6 +308,9 @@ impl HelloBuf {
 pub struct EdgeNames {
     manager: Arc<CertManager>,
     challenges: Arc<Challenges>,
+    /// Whether a new certificate is an order with a public CA (ACME). With the internal CA a
+    /// name under a platform wildcard costs a local signature, no order and no query: known.
+    wildcards_cost_orders: bool,
     /// A never-seen name costs its first client a token; the connections that follow for it
     /// (a browser opens several, a CA validates from several places) join the lookup or the
     /// order already under way and cost nothing more.
@@ -316,10 +322,15 @@ const ADMITTED: u64 = 10_000;
 const ADMITTED_FOR: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl EdgeNames {
-    pub fn new(manager: Arc<CertManager>, challenges: Arc<Challenges>) -> EdgeNames {
+    pub fn new(
+        manager: Arc<CertManager>,
+        challenges: Arc<Challenges>,
+        wildcards_cost_orders: bool,
+    ) -> EdgeNames {
         EdgeNames {
             manager,
             challenges,
+            wildcards_cost_orders,
             admitted: moka::sync::Cache::builder()
                 .max_capacity(ADMITTED)
                 .time_to_live(ADMITTED_FOR)
@@ -339,7 +350,9 @@ impl KnownNames for EdgeNames {
         let allow = self.manager.allow_list();
         let known = match allow.platform_match(name) {
             Some(NamePattern::Exact(_)) => true,
-            Some(NamePattern::Below(_)) => self.manager.cached(name).is_some(),
+            Some(NamePattern::Below(_)) => {
+                !self.wildcards_cost_orders || self.manager.cached(name).is_some()
+            }
             None => allow.is_known(name),
         };
         known || self.admitted.contains_key(name) || self.challenges.awaits_tls_alpn01(name)

@@ -29,8 +29,8 @@ use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use pingora::tls::ext;
 use pingora::tls::ssl::{
-    select_next_proto, AlpnError, ClientHelloResponse, NameType, SniError, SslAlert, SslOptions,
-    SslRef, SslVersion,
+    select_next_proto, AlpnError, ClientHelloResponse, NameType, SniError, SslAlert, SslMode,
+    SslOptions, SslRef, SslVersion,
 };
 use pingora::{ErrorType, OrErr};
 
@@ -131,8 +131,10 @@ pub fn tls_settings(
     tickets
         .enable(&mut tls)
         .or_err(ErrorType::InternalError, "session-ticket keys")?;
-    // OpenSSL reads whole records itself; see `listener_buffers`.
+    // OpenSSL reads whole records itself; see `listener_buffers`. An idle connection gives
+    // its record buffers back (`make bench-load`, row m: memory per idle connection).
     tls.set_read_ahead(true);
+    tls.set_mode(SslMode::RELEASE_BUFFERS);
     tls.set_alpn_select_callback(|_, offered| {
         if offers_acme_tls(offered) {
             return Ok(&ACME_TLS_1[1..]);
@@ -197,24 +199,34 @@ fn refuse_early(
     let Some(refusal) = refusal else {
         return Ok(());
     };
-    count_refusal(manager, log, hello.sni_str(), &refusal);
+    count_refusal(manager, log, ssl, hello.sni_str(), &refusal);
     *alert = SslAlert::UNRECOGNIZED_NAME;
     Err(SniError::ALERT_FATAL)
 }
 
 /// Count a refused handshake and log it at a bounded rate (never at error level: refusals are
 /// normal traffic for an on-demand edge).
-fn count_refusal(manager: &CertManager, log: &RefusalLog, sni: Option<&str>, refusal: &Refusal) {
+fn count_refusal(
+    manager: &CertManager,
+    log: &RefusalLog,
+    ssl: &SslRef,
+    sni: Option<&str>,
+    refusal: &Refusal,
+) {
     manager
         .metrics()
         .handshakes
         .with_label_values(&[refusal.kind(), NO_SOURCE])
         .inc();
     if let Some(access) = &log.access {
-        // The client's address is not known to OpenSSL's callbacks (the gate logs its own
-        // refusals with it).
+        // OpenSSL's callbacks do not know the socket: the pre-TLS gate noted the client of
+        // this ClientHello by its client random.
+        let mut random = [0u8; 32];
+        let client = (ssl.client_random(&mut random) == 32)
+            .then(|| access.client_of_hello(&random))
+            .flatten();
         let sni: String = sni.unwrap_or("").escape_debug().take(255).collect();
-        access.refused_handshake(None, Some(&sni), refusal.kind());
+        access.refused_handshake(client, Some(&sni), refusal.kind());
     }
     if let Some(dropped) = log.lines.take() {
         // The SNI is attacker-controlled: log it escaped and bounded.
@@ -244,8 +256,8 @@ pub fn listener_buffers() -> L4BufferSettings {
 }
 
 impl EdgeTls {
-    fn refuse(&self, sni: Option<&str>, refusal: &Refusal) {
-        count_refusal(&self.manager, &self.refusal_log, sni, refusal);
+    fn refuse(&self, ssl: &SslRef, sni: Option<&str>, refusal: &Refusal) {
+        count_refusal(&self.manager, &self.refusal_log, ssl, sni, refusal);
     }
 
     fn install(&self, ssl: &mut TlsRef, name: &Domain, ck: &CertifiedKey, source: CertSource) {
@@ -284,19 +296,23 @@ impl TlsAccept for EdgeTls {
         };
         let name = match self.manager.handshake_name(sni.as_deref()) {
             Ok(name) => name,
-            Err(refusal) => return self.refuse(sni.as_deref(), &refusal),
+            Err(refusal) => return self.refuse(ssl, sni.as_deref(), &refusal),
         };
         if acme {
             // A CA validating TLS-ALPN-01: only the challenge certificate, never a real one,
             // and never an issuance.
             return match self.challenges.find_tls_alpn01(&name).await {
                 Some(ck) => self.install(ssl, &name, &ck, CertSource::AcmeChallenge),
-                None => self.refuse(Some(name.as_str()), &Refusal::NoChallenge(name.clone())),
+                None => self.refuse(
+                    ssl,
+                    Some(name.as_str()),
+                    &Refusal::NoChallenge(name.clone()),
+                ),
             };
         }
         match self.manager.certificate(&name).await {
             Ok((ck, source)) => self.install(ssl, &name, &ck, source),
-            Err(refusal) => self.refuse(Some(name.as_str()), &refusal),
+            Err(refusal) => self.refuse(ssl, Some(name.as_str()), &refusal),
         }
     }
 
@@ -306,10 +322,12 @@ impl TlsAccept for EdgeTls {
     ) -> Option<Arc<dyn Any + Send + Sync>> {
         let reused = ssl.session_reused();
         let resumed = if reused { "true" } else { "false" };
+        let version = crate::metrics::tls_version_label(ssl.version_str());
+        let alpn = crate::metrics::alpn_label(ssl.selected_alpn_protocol());
         self.manager
             .metrics()
             .handshakes_completed
-            .with_label_values(&[resumed])
+            .with_label_values(&[resumed, version, alpn])
             .inc();
         let sni = match hello(ssl) {
             Some(h) => h.sni_str(),

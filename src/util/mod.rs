@@ -4,5 +4,6 @@
 pub mod bucket;
 pub mod error;
 pub mod fs;
+pub mod ports;
 pub mod task;
 pub mod time;

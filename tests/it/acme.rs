@@ -276,6 +276,14 @@ async fn an_empty_rate_bucket_delays_new_orders_instead_of_refusing_them() {
     );
     let _edge = setup.start(&setup.config(&[up], &extra));
     let root = pem(&pebble.issuing_root());
+    let waits = |m: &str, what: &str| {
+        metric(
+            m,
+            &format!("tenant_edge_issuance_limit_wait_seconds_{what}"),
+            &[("limit", "rate")],
+        )
+    };
+    assert_eq!(waits(&setup.scrape(), "count"), 0.0);
     let started = Instant::now();
     let tasks: Vec<_> = (0..4)
         .map(|i| {
@@ -295,6 +303,19 @@ async fn an_empty_rate_bucket_delays_new_orders_instead_of_refusing_them() {
         started.elapsed()
     );
     assert_eq!(pebble.orders(), 4);
+    // The two orders that waited for a token show in the wait metric, with their wait.
+    let m = setup.scrape();
+    assert_eq!(waits(&m, "count"), 2.0, "{m}");
+    assert!(waits(&m, "sum") >= 1.5, "{m}");
+    // Waiting is not being held back: nothing was refused.
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_issuances_limited_total",
+            &[("limit", "rate")]
+        ),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,14 +317,114 @@ fn list_show_and_remove() {
         "{out}"
     );
 
+    let served_before = serial(&setup, "a.tenant.test");
     let (code, out, _) = certs(&config, &["remove", "a.tenant.test"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("keeps serving its in-memory copy"), "{out}");
+    assert!(
+        out.contains("the running edge forgot its copy"),
+        "{out}\n{}",
+        edge.log_text()
+    );
     let (_, table, _) = certs(&config, &["list"]);
     assert!(row(&table, "a.tenant.test").is_none(), "{table}");
     assert!(row(&table, "b.tenant.test").is_some(), "{table}");
     let (code, _, _) = certs(&config, &["remove", "a.tenant.test"]);
     assert_eq!(code, 1);
+
+    // The running edge forgot it: the next handshake is served a newly issued certificate,
+    // stored again.
+    let served_after = serial(&setup, "a.tenant.test");
+    assert_ne!(
+        served_before, served_after,
+        "the removed certificate is still served"
+    );
+    let (_, table, _) = certs(&config, &["list"]);
+    assert!(row(&table, "a.tenant.test").is_some(), "{table}");
+}
+
+/// The serial number (hex) of the certificate the edge serves for `name`.
+fn serial(setup: &EdgeSetup, name: &str) -> String {
+    let hs = handshake(setup.https, Some(name), Some(&setup.ca_root()));
+    assert!(hs.ok, "{name}: {}", hs.error);
+    hs.chain[0]
+        .serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The serial number of the certificate served for `name`, trusting only `root`.
+fn serial_trusting(addr: std::net::SocketAddr, name: &str, root: &Path) -> Result<String, String> {
+    let hs = handshake(addr, Some(name), Some(root));
+    if !hs.ok {
+        return Err(hs.error);
+    }
+    Ok(hs.chain[0]
+        .serial_number()
+        .to_bn()
+        .unwrap()
+        .to_hex_str()
+        .unwrap()
+        .to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renew_replaces_a_certificate_while_the_old_one_is_served() {
+    let setup = EdgeSetup::new();
+    let (_up, up) = upstream(setup.dir.path(), "app");
+    // Pebble waits up to 2 s before validating: the renewal takes a while.
+    let pebble = Pebble::start_opts(
+        setup.dir.path(),
+        setup.http.port(),
+        setup.https.port(),
+        None,
+        "127.0.0.1",
+        Some(2),
+    );
+    let config = setup.config(&[up], &pebble.issuer_yaml(&["http-01"]));
+    let edge = setup.start(&config);
+    let root = setup.dir.path().join("pebble-root.pem");
+    std::fs::write(&root, pebble.issuing_root().to_pem().unwrap()).unwrap();
+    let name = "renew.tenant.test";
+    let old = serial_trusting(setup.https, name, &root).expect("first certificate");
+    assert_eq!(pebble.orders(), 1);
+
+    let (code, out, _) = certs(&config, &["renew", "nothing.tenant.test"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("has no certificate to renew"), "{out}");
+
+    let cfg = config.clone();
+    let renewal = std::thread::spawn(move || certs(&cfg, &["renew", name]));
+    // Handshakes during the renewal: every one succeeds, the old certificate until the new
+    // one is stored, then only the new one.
+    let mut served = Vec::new();
+    while !renewal.is_finished() {
+        served.push(serial_trusting(setup.https, name, &root).expect("served during renewal"));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (code, out, err) = renewal.join().unwrap();
+    assert_eq!(code, 0, "{out}{err}\n{}", edge.log_text());
+    assert!(out.contains(&format!("renewed {name}")), "{out}");
+    let new = serial_trusting(setup.https, name, &root).unwrap();
+    assert_ne!(new, old, "the renewed certificate is not served");
+    assert_eq!(pebble.orders(), 2);
+    assert!(
+        served.first() == Some(&old),
+        "not served during the renewal: {served:?}"
+    );
+    let first_new = served
+        .iter()
+        .position(|s| *s != old)
+        .unwrap_or(served.len());
+    assert!(
+        served[first_new..].iter().all(|s| *s == new),
+        "old and new alternated: {served:?}"
+    );
+    // What is stored is the new one (a restart serves it).
+    let (_, shown, _) = certs(&config, &["show", name]);
+    assert!(shown.contains(&format!("serial:      {new}\n")), "{shown}");
 }
 
 /// `allow:` with a database and no platform name to warm; `provisioning` off so that only

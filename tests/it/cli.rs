@@ -59,9 +59,10 @@ fn check_names_a_taken_port_and_every_config_error() {
         )),
         "{out}"
     );
+    // The holder is named from /proc: this test process.
     assert!(
-        out.contains("kamal-proxy"),
-        "the hint about kamal-proxy is missing: {out}"
+        out.contains(&format!("(pid {}:", std::process::id())),
+        "the holder is not named: {out}"
     );
     drop(taken);
 
@@ -133,7 +134,124 @@ fn run_refuses_to_start_when_a_listen_port_is_taken() {
         out.contains(&format!("listen.https {}", setup.https)),
         "{out}"
     );
-    assert!(out.contains("kamal-proxy"), "{out}");
+    assert!(
+        out.contains(&format!("(pid {}:", std::process::id())),
+        "the holder is not named: {out}"
+    );
+}
+
+#[test]
+fn check_names_the_process_holding_the_metrics_port() {
+    let setup = EdgeSetup::new();
+    // Another program on the metrics port (as node_exporter on 9100 would be).
+    let _holder = upstream_on(setup.dir.path(), "squatter", setup.metrics);
+    let config = setup.config(&[setup.http], "");
+    let (code, out) = tenant_edge(&["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("error listen.metrics {}", setup.metrics)))
+        .unwrap_or_else(|| panic!("no finding for the metrics port: {out}"));
+    assert!(
+        line.contains("already in use by demo-upstream (pid "),
+        "{line}"
+    );
+    assert!(line.contains("--name squatter"), "the command line: {line}");
+    assert!(
+        line.contains("stop it, or listen on another address"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_syntax_check_needs_no_secret() {
+    let prod = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/production.yaml");
+    let out = Command::new(EDGE)
+        .args(["check", "--syntax-only", "-c"])
+        .arg(&prod)
+        .env_remove("DATABASE_URL")
+        .env_remove("ACME_EMAIL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warn  ${ACME_EMAIL}: the environment variable is not set"),
+        "{text}"
+    );
+    // Without --syntax-only, an unset variable is an error naming it, not a placeholder.
+    let out = Command::new(EDGE)
+        .args(["check", "-c"])
+        .arg(&prod)
+        .env_remove("DATABASE_URL")
+        .env_remove("ACME_EMAIL")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("environment variable ACME_EMAIL is not set"),
+        "{text}"
+    );
+    assert!(!text.contains("(got \"${ACME_EMAIL}\")"), "{text}");
+}
+
+/// Stops a daemonized edge (by its pid file) when dropped.
+struct Daemon(std::path::PathBuf);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+#[test]
+fn run_as_a_daemon_with_a_relative_data_dir_keeps_everything_under_the_start_directory() {
+    let setup = EdgeSetup::new();
+    let start = setup.dir.path();
+    let (_up, backend) = upstream(start, "app");
+    let name = format!("d{}.tenant.test", setup.https.port());
+    let config = format!(
+        "data_dir: data\nlisten:\n  https: {}\n  http: {}\n  metrics: {}\nserver:\n  threads: 1\n  error_log: edge.log\nallow:\n  platform_domains: [\"*.tenant.test\"]\nissuer:\n  internal: {{}}\nupstreams:\n  pools:\n    app:\n      backends: [\"{backend}\"]\n",
+        setup.https, setup.http, setup.metrics
+    );
+    std::fs::write(start.join("edge.yaml"), config).unwrap();
+    let _daemon = Daemon(start.join("data/tenant-edge.pid"));
+    let status = Command::new(EDGE)
+        .args(["run", "-d", "-c", "edge.yaml"])
+        .current_dir(start)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for_port(setup.https, std::time::Duration::from_secs(20));
+    let hs = handshake(
+        setup.https,
+        Some(&name),
+        Some(&start.join("data/ca/root.pem")),
+    );
+    assert!(
+        hs.ok,
+        "{}: {}",
+        hs.error,
+        std::fs::read_to_string(start.join("edge.log")).unwrap_or_default()
+    );
+    for file in [
+        "data/ca/root.pem".to_string(),
+        format!("data/certs/{name}/bundle.pem"),
+        "data/tenant-edge.pid".to_string(),
+        "data/admin.sock".to_string(),
+        "edge.log".to_string(),
+    ] {
+        assert!(
+            start.join(&file).exists(),
+            "{file} is not under the start directory"
+        );
+    }
+    // Nothing under / (where a daemon's working directory is).
+    assert!(!std::path::Path::new("/data/certs").join(&name).exists());
+    assert!(!std::path::Path::new("/edge.log").exists());
 }
 
 #[test]

@@ -958,3 +958,94 @@ fn the_dashboard_has_its_panels_and_variables() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The rows of the README's metrics table: (families, documented labels).
+fn readme_metric_rows() -> Vec<(Vec<String>, BTreeSet<String>)> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("\n## Metrics")
+        .nth(1)
+        .expect("README has a Metrics section");
+    let section = section.split("\n## ").next().unwrap();
+    let ticked = |cell: &str| -> Vec<String> {
+        cell.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    section
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('|').collect();
+            let families = ticked(cells[1])
+                .into_iter()
+                .map(|f| {
+                    if f.starts_with("process_") {
+                        f
+                    } else {
+                        format!("{PREFIX}{f}")
+                    }
+                })
+                .collect();
+            (families, ticked(cells[2]).into_iter().collect())
+        })
+        .collect()
+}
+
+#[test]
+fn the_readme_metrics_table_matches_what_metrics_exports() {
+    let setup = EdgeSetup::new();
+    let (_up, up_addr) = upstream(setup.dir.path(), "app");
+    let _edge = setup.start(&setup.config(&[up_addr], ""));
+    let exported = Exported::parse(&scrape_settled(&setup));
+    let rows = readme_metric_rows();
+    assert!(rows.len() >= 10, "{rows:?}");
+    let documented: BTreeSet<&str> = rows
+        .iter()
+        .flat_map(|(f, _)| f.iter().map(String::as_str))
+        .collect();
+    let families: BTreeSet<&str> = exported
+        .types
+        .keys()
+        .map(String::as_str)
+        .filter(|n| n.starts_with(PREFIX) || n.starts_with("process_"))
+        .collect();
+    let undocumented: Vec<&&str> = families.difference(&documented).collect();
+    let not_exported: Vec<&&str> = documented.difference(&families).collect();
+    assert!(
+        undocumented.is_empty() && not_exported.is_empty(),
+        "README.md's metrics table and /metrics differ\n  exported, not in the table: {undocumented:?}\n  in the table, not exported: {not_exported:?}"
+    );
+    // Labels: each documented label is on one of its row's families, and every label a family
+    // has is documented in its row.
+    let labels_of = |family: &str| -> BTreeSet<String> {
+        exported
+            .series
+            .iter()
+            .filter(|(name, _)| {
+                *name == family
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(family))
+            })
+            .flat_map(|(_, labels)| labels.keys().cloned())
+            .filter(|l| l != "le")
+            .collect()
+    };
+    let mut problems = Vec::new();
+    for (families, labels) in &rows {
+        let actual: BTreeSet<String> = families.iter().flat_map(|f| labels_of(f)).collect();
+        for l in labels.difference(&actual) {
+            problems.push(format!(
+                "{families:?}: documented label `{l}` is not exported"
+            ));
+        }
+        for l in actual.difference(labels) {
+            problems.push(format!("{families:?}: label `{l}` is not documented"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

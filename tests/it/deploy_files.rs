@@ -459,7 +459,7 @@ fn dockerfile_is_multi_stage_non_root_with_cap_net_bind_service() {
         .expect("HEALTHCHECK");
     let exec = &healthcheck[healthcheck.find("CMD").unwrap() + 3..];
     let hc: Vec<String> = serde_json::from_str(exec.trim()).expect("HEALTHCHECK CMD JSON");
-    assert!(hc.join(" ").contains("/dev/tcp/127.0.0.1/9100"), "{hc:?}");
+    assert!(hc.join(" ").contains("/dev/tcp/127.0.0.1/9731"), "{hc:?}");
 
     // The data directory is a volume, and the one the Kamal config uses.
     let kamal_config = &yaml_documents(&read(&deploy().join("kamal/tenant-edge.yml"))).unwrap()[0];
@@ -988,6 +988,15 @@ fn upgrade_script_swaps_the_process_without_refusing_a_connection() {
     });
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
+    // server.threads 2: two single-threaded HTTPS services, each with its own socket on the
+    // port; both were handed over (a socket left behind would have been closed with its
+    // queued connections).
+    let sockets = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", edge.https.port())])
+        .output()
+        .expect("ss (iproute2)");
+    let sockets = String::from_utf8_lossy(&sockets.stdout).lines().count();
+    assert_eq!(sockets, 2, "one listening socket per HTTPS service");
     let (served, failed) = load.join().unwrap();
     let total = served as usize + failed.len();
     let dropped = failed

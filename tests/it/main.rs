@@ -6,6 +6,7 @@
 
 mod common;
 
+mod access_log;
 mod acme;
 mod certs_cli;
 mod cli;

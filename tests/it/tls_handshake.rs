@@ -245,3 +245,68 @@ fn restart_issues_nothing_and_a_truncated_file_is_reissued() {
         bytes[..bytes.len() - 200].to_vec()
     );
 }
+
+/// `conf/dev.yaml` as shipped, on this test's ports and data directory, with `backend`.
+fn dev_yaml(setup: &EdgeSetup, backend: std::net::SocketAddr) -> std::path::PathBuf {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/dev.yaml")).unwrap();
+    let data = setup.data();
+    let text = shipped
+        .replace("127.0.0.1:8443", &setup.https.to_string())
+        .replace("127.0.0.1:8880", &setup.http.to_string())
+        .replace("127.0.0.1:9731", &setup.metrics.to_string())
+        .replace("127.0.0.1:3000", &backend.to_string())
+        .replace("data/dev", data.to_str().unwrap());
+    assert!(text.contains("internal:"), "dev.yaml names its issuer");
+    let path = setup.dir.path().join("dev.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// With the shipped development config (the internal CA), new names are not paced like a
+/// public CA's orders: 200 never-seen names in a row each get their certificate at once.
+/// (Run alone, see `.config/nextest.toml`: a timing, not a benchmark.)
+#[test]
+fn dev_yaml_issues_two_hundred_new_names_each_under_100ms() {
+    let setup = EdgeSetup::new();
+    let (_up, backend) = upstream(setup.dir.path(), "app");
+    let edge = setup.start(&dev_yaml(&setup, backend));
+    let root = setup.ca_root();
+    // The first certificate of a process pays for what is set up once (the store's folders,
+    // the signer's first use); the names below are timed on a running edge.
+    assert!(handshake(setup.https, Some("localhost"), Some(&root)).ok);
+    let mut slowest = (Duration::ZERO, String::new());
+    for i in 0..200 {
+        let name = format!("tenant{i}.localhost");
+        let started = std::time::Instant::now();
+        let hs = handshake(setup.https, Some(&name), Some(&root));
+        let took = started.elapsed();
+        assert!(hs.ok, "{name}: {}\n{}", hs.error, edge.log_text());
+        assert_eq!(sans(&hs.chain[0]), vec![name.clone()]);
+        if took > slowest.0 {
+            slowest = (took, name);
+        }
+    }
+    eprintln!("slowest: {} in {:?}", slowest.1, slowest.0);
+    assert!(
+        slowest.0 < Duration::from_millis(100),
+        "{} took {:?}",
+        slowest.1,
+        slowest.0
+    );
+    let m = setup.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_issuances_total",
+            &[("issuer", "internal"), ("outcome", "success")]
+        ),
+        // The 200 and the warm-up name.
+        201.0
+    );
+    assert_eq!(
+        metric(&m, "tenant_edge_issuance_limit_wait_seconds_count", &[]),
+        0.0,
+        "{m}"
+    );
+}

@@ -60,8 +60,22 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn load(path: &Path) -> Result<Ctx, CertsError> {
-        let config = Config::load(path)?;
+    /// The config of `path`; without `secrets`, variables that are not set are no error (the
+    /// command uses none of them) and are named once.
+    pub fn load(path: &Path, secrets: bool) -> Result<Ctx, CertsError> {
+        let config = if secrets {
+            Config::load(path)?
+        } else {
+            let (config, missing) = Config::load_without_secrets(path)?;
+            if !missing.is_empty() {
+                eprintln!(
+                    "note: {} not set; what needs {} (the database's decisions) is shown as unknown",
+                    missing.join(", "),
+                    if missing.len() == 1 { "it" } else { "them" }
+                );
+            }
+            config
+        };
         let store = DiskStore::open(&config.data_dir)?;
         Ok(Ctx {
             config,

@@ -15,6 +15,7 @@
 //! that expires later than the one being imported, or hide why a name was skipped: every error
 //! names the file or the value.
 
+pub mod admin;
 pub mod ctx;
 pub mod import_caddy;
 pub mod inspect;
@@ -58,8 +59,18 @@ pub enum CertsCommand {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
-    /// Delete the stored certificate of NAME.
+    /// Delete the stored certificate of NAME (and the running edge's copy in memory).
     Remove { name: String },
+    /// Have the running edge renew NAME now (or, with --all-expiring, every certificate due);
+    /// the current certificate is served until the new one is stored.
+    Renew {
+        name: Option<String>,
+        #[arg(long, conflicts_with = "name")]
+        all_expiring: bool,
+        /// Longest wait for the edge.
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Have the running edge issue every allowed name that has no valid certificate yet.
     Warm {
         /// Names issued at once.
@@ -98,7 +109,12 @@ pub fn main(args: CertsArgs) -> ExitCode {
 }
 
 async fn dispatch(command: CertsCommand, path: &Path) -> Result<Outcome, CertsError> {
-    let ctx = Ctx::load(path)?;
+    // Reading and removing files needs no secret: an unset ${DATABASE_URL} is no error there.
+    let needs_secrets = matches!(
+        command,
+        CertsCommand::Issue { .. } | CertsCommand::Warm { .. } | CertsCommand::Renew { .. }
+    );
+    let ctx = Ctx::load(path, needs_secrets)?;
     match command {
         CertsCommand::List => list::list(&ctx).await,
         CertsCommand::Show { name } => match parse_name(&name) {
@@ -118,5 +134,49 @@ async fn dispatch(command: CertsCommand, path: &Path) -> Result<Outcome, CertsEr
             timeout,
         } => warm::warm(&ctx, usize::from(concurrency), timeout).await,
         CertsCommand::ImportCaddy { dir } => import_caddy::import_caddy(&ctx, &dir).await,
+        CertsCommand::Renew {
+            name,
+            all_expiring,
+            timeout,
+        } => renew(&ctx, name.as_deref(), all_expiring, timeout),
+    }
+}
+
+/// `certs renew NAME | --all-expiring`, through the running edge (its limits apply).
+fn renew(
+    ctx: &Ctx,
+    name: Option<&str>,
+    all_expiring: bool,
+    timeout: Duration,
+) -> Result<Outcome, CertsError> {
+    let command = match (name, all_expiring) {
+        (Some(name), false) => match parse_name(name) {
+            Some(name) => format!("renew {name}"),
+            None => return Ok(Outcome::Refused),
+        },
+        (None, true) => "renew-expiring".to_string(),
+        _ => {
+            println!("name one certificate, or give --all-expiring");
+            return Ok(Outcome::Refused);
+        }
+    };
+    match admin::ask(&ctx.config.data_dir, &command, timeout) {
+        Ok(answer) => {
+            println!(
+                "{}",
+                answer
+                    .trim_start_matches("ok ")
+                    .trim_start_matches("error ")
+            );
+            Ok(if answer.starts_with("ok") {
+                Outcome::Done
+            } else {
+                Outcome::Refused
+            })
+        }
+        Err(e) => {
+            println!("{e}; `certs renew` asks the running edge, which applies its limits");
+            Ok(Outcome::Refused)
+        }
     }
 }
