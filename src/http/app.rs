@@ -24,6 +24,7 @@ use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use pingora::time::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::http::timeouts::TimeoutSettings;
@@ -99,15 +100,18 @@ async fn read_head(
         return Err(NoHead::Shutdown);
     }
     let mut buf = BytesMut::with_capacity(4096);
+    // Pingora's timer thread, not tokio's timer: registering a tokio timer on an otherwise
+    // idle timer wheel wakes the runtime's driver (an eventfd write and an extra epoll round
+    // on every other request, measured with strace under keep-alive load).
     tokio::select! {
-        read = tokio::time::timeout(timeouts.idle, stream.read_buf(&mut buf)) => match read {
+        read = fast_timeout(timeouts.idle, stream.read_buf(&mut buf)) => match read {
             Err(_) => return Err(NoHead::Idle),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
             Ok(Ok(_)) => {}
         },
         _ = shutdown.changed() => return Err(NoHead::Shutdown),
     }
-    let deadline = tokio::time::Instant::now() + timeouts.header;
+    let deadline = Instant::now() + timeouts.header;
     let mut scanned = 0;
     loop {
         if head_complete(&buf, scanned) {
@@ -118,7 +122,8 @@ async fn read_head(
             return Err(NoHead::TooBig);
         }
         // `read_buf` is cancel-safe: no byte is lost when the deadline wins.
-        match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match fast_timeout(left, stream.read_buf(&mut buf)).await {
             Err(_) => return Err(NoHead::Slow),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
             Ok(Ok(_)) => {}

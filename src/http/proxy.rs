@@ -216,18 +216,24 @@ impl ProxyHttp for EdgeProxy {
                 )
                 .await;
         };
-        let host = Domain::parse(strip_port(&host_header)).ok();
-        // Whether the Host is the connection's TLS name, and whether its handshake just decided.
-        let conn = session
+        let conn_name = session
             .digest()
             .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|s| s.extension.get::<ConnName>())
-            .map(|c| {
-                (
-                    host.as_ref() == Some(&c.name),
-                    c.decided_within(JUST_DECIDED),
-                )
-            });
+            .and_then(|s| s.extension.get::<ConnName>());
+        // The usual Host is the connection's TLS name as the client sent it (ASCII, any case):
+        // that one needs no parse (IDNA and all).
+        let stripped = strip_port(&host_header);
+        let host = match conn_name {
+            Some(c) if stripped.eq_ignore_ascii_case(c.name.as_str()) => Some(c.name.clone()),
+            _ => Domain::parse(stripped).ok(),
+        };
+        // Whether the Host is the connection's TLS name, and whether its handshake just decided.
+        let conn = conn_name.map(|c| {
+            (
+                host.as_ref() == Some(&c.name),
+                c.decided_within(JUST_DECIDED),
+            )
+        });
         let (Some(host), Some((true, just_decided))) = (host, conn) else {
             return self
                 .refuse(
