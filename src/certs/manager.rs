@@ -30,7 +30,7 @@ use crate::certs::issuer::{IssueError, IssueOutcome, Issuer, KeyType};
 use crate::certs::lock::SharedLock;
 use crate::certs::store::{CertMeta, Store, StoredCert};
 use crate::domain::{Domain, DomainError};
-use crate::limits::issuance::{Limited, Limits, OrderPermit};
+use crate::limits::issuance::{LimitKind, Limited, Limits, OrderPermit};
 use crate::metrics::{label_set, Metrics};
 use crate::util::task::AbortOnDrop;
 use crate::util::time::unix_now;
@@ -520,7 +520,10 @@ impl CertManager {
         let patient_until = Instant::now() + self.settings.issue_timeout;
         // Time spent waiting for each limit, observed once the wait is over (a handshake that
         // is slow because of a limit shows why in `issuance_limit_wait_seconds`).
-        let mut waited = [Duration::ZERO; 2];
+        let mut waited = [
+            (LimitKind::Rate, Duration::ZERO),
+            (LimitKind::Concurrency, Duration::ZERO),
+        ];
         let attempt = loop {
             let attempt = if renewal {
                 self.limits.try_acquire_renewal(name)
@@ -528,24 +531,28 @@ impl CertManager {
                 self.limits.try_acquire(name)
             };
             let wait = match &attempt {
-                Err(Limited::Rate { retry_in, .. }) => Some((0, *retry_in)),
-                Err(Limited::Concurrency { .. }) => Some((1, Duration::from_millis(100))),
+                Err(Limited::Rate { retry_in, .. }) => Some((LimitKind::Rate, *retry_in)),
+                Err(Limited::Concurrency { .. }) => {
+                    Some((LimitKind::Concurrency, Duration::from_millis(100)))
+                }
                 _ => None,
             };
             match wait {
-                Some((limit, wait)) if Instant::now() + wait < patient_until => {
+                Some((kind, wait)) if Instant::now() + wait < patient_until => {
                     let started = Instant::now();
                     tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
-                    waited[limit] += started.elapsed();
+                    if let Some((_, total)) = waited.iter_mut().find(|(k, _)| *k == kind) {
+                        *total += started.elapsed();
+                    }
                 }
                 _ => break attempt,
             }
         };
-        for (limit, waited) in crate::metrics::WAITED_LIMITS.iter().zip(waited) {
+        for (limit, waited) in waited {
             if !waited.is_zero() {
                 self.metrics
                     .limit_wait
-                    .with_label_values(&[limit])
+                    .with_label_values(&[limit.label()])
                     .observe(waited.as_secs_f64());
             }
         }

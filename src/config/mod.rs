@@ -72,6 +72,12 @@ pub struct Config {
 impl Config {
     /// Read and validate a file; `Err` lists every problem found.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::read(path, None)
+    }
+
+    /// Read, parse (with `missing`: unset variables noted there, not errors) and make the
+    /// paths absolute.
+    fn read(path: &Path, missing: Option<&mut Vec<String>>) -> Result<Config, ConfigErrors> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: file.clone(),
@@ -81,7 +87,7 @@ impl Config {
                 message: format!("cannot read the file: {e}"),
             }],
         })?;
-        let mut config = Config::from_yaml(&text, &file, &|name| std::env::var(name).ok())?;
+        let mut config = Config::parse(&text, &file, &|name| std::env::var(name).ok(), missing)?;
         // Relative paths mean "from where the edge was started", also after `run -d`, whose
         // daemon changes to `/`.
         if let Ok(cwd) = std::env::current_dir() {
@@ -137,25 +143,8 @@ impl Config {
     /// `import-caddy`): a variable that is not set is no error. Returns the names of the
     /// variables that were not set.
     pub fn load_without_secrets(path: &Path) -> Result<(Config, Vec<String>), ConfigErrors> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            file: file.clone(),
-            errors: vec![ConfigError {
-                path: String::new(),
-                value: None,
-                message: format!("cannot read the file: {e}"),
-            }],
-        })?;
         let mut missing = Vec::new();
-        let mut config = Config::parse(
-            &text,
-            &file,
-            &|name| std::env::var(name).ok(),
-            Some(&mut missing),
-        )?;
-        if let Ok(cwd) = std::env::current_dir() {
-            config.make_paths_absolute(&cwd);
-        }
+        let config = Config::read(path, Some(&mut missing))?;
         missing.sort();
         missing.dedup();
         Ok((config, missing))

@@ -101,7 +101,7 @@ impl RequestLine<'_> {
         push_now(&mut o);
         o.push_str("\",\"event\":");
         json::string(&mut o, self.event);
-        let fields: [(&str, Field<'_>); 18] = [
+        let fields: [(&str, Field<'_>); 17] = [
             (
                 "client",
                 match (self.client_inet, self.client) {
@@ -136,12 +136,8 @@ impl RequestLine<'_> {
             ),
             ("request_id", self.request_id.into()),
             ("refusal", self.refusal.into()),
-            ("", Field::End),
         ];
         for (name, value) in fields {
-            if let Field::End = value {
-                break;
-            }
             o.push_str(",\"");
             o.push_str(name);
             o.push_str("\":");
@@ -162,7 +158,6 @@ enum Field<'a> {
     Uint(u64),
     /// Milliseconds, written with at most three decimals.
     Millis(f64),
-    End,
 }
 
 /// `n` in decimal, without the formatting machinery.
@@ -192,7 +187,7 @@ impl Field<'_> {
     fn write(&self, o: &mut String) {
         use std::fmt::Write as _;
         match self {
-            Field::Null | Field::End => o.push_str("null"),
+            Field::Null => o.push_str("null"),
             Field::Str(s) => json::string(o, s),
             Field::Shown(d) => {
                 // Addresses: digits, dots, colons and brackets, nothing to escape.

@@ -26,6 +26,50 @@ fn lines_until(
     }
 }
 
+/// An edge (upstream "a") whose access log goes to `<dir>/access.log`, with `access` more
+/// keys of `access_log:` (indented two spaces) and `extra` YAML before it.
+struct Logged {
+    edge: Proc,
+    _up: Proc,
+    backend: std::net::SocketAddr,
+    log: std::path::PathBuf,
+    setup: EdgeSetup,
+}
+
+fn logged(access: &str, extra: &str) -> Logged {
+    let setup = EdgeSetup::new();
+    let (up, backend) = upstream(setup.dir.path(), "a");
+    let log = setup.dir.path().join("access.log");
+    let config = setup.config(
+        &[backend],
+        &format!("{extra}access_log:\n  path: {}\n{access}", log.display()),
+    );
+    Logged {
+        edge: setup.start(&config),
+        _up: up,
+        backend,
+        log,
+        setup,
+    }
+}
+
+/// `GET /misdirected` over HTTP/1.1 on a connection for shop.tenant.test with another Host:
+/// the edge answers 421 itself.
+fn misdirected(setup: &EdgeSetup) {
+    use std::io::Write;
+    let mut tls = tls_over(
+        tcp_from("127.0.0.1", setup.https),
+        "shop.tenant.test",
+        &["http/1.1"],
+    );
+    tls.write_all(
+        b"GET /misdirected HTTP/1.1\r\nHost: other.tenant.test\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_response(&mut tls).0;
+    assert!(head.starts_with("HTTP/1.1 421"), "{head}");
+}
+
 fn with_path<'a>(lines: &'a [serde_json::Value], path: &str) -> Vec<&'a serde_json::Value> {
     lines.iter().filter(|l| l["path"] == path).collect()
 }
@@ -42,14 +86,12 @@ fn echoed_header(body: &str, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_is_one_json_line_with_every_field() {
-    let setup = EdgeSetup::new();
-    let (_up, backend) = upstream(setup.dir.path(), "a");
-    let log = setup.dir.path().join("access.log");
-    let config = setup.config(
-        &[backend],
-        &format!("access_log:\n  path: {}\n", log.display()),
-    );
-    let _edge = setup.start(&config);
+    let Logged {
+        setup,
+        backend,
+        log,
+        ..
+    } = &logged("", "");
     let client = setup.client(&["shop.tenant.test"]);
     let resp = client
         .post(setup.url("shop.tenant.test", "/orders/42?token=secret"))
@@ -62,7 +104,7 @@ async fn a_request_is_one_json_line_with_every_field() {
     let body = resp.text().await.unwrap();
     let sent_upstream = echoed_header(&body, "x-request-id").expect("an id went upstream");
 
-    let lines = lines_until(&log, |l| !with_path(l, "/orders/42").is_empty());
+    let lines = lines_until(log, |l| !with_path(l, "/orders/42").is_empty());
     let found = with_path(&lines, "/orders/42");
     assert_eq!(found.len(), 1, "one line per request: {lines:?}");
     let line = found[0];
@@ -100,21 +142,8 @@ async fn a_request_is_one_json_line_with_every_field() {
     assert_eq!(id, sent_upstream);
 
     // A request the edge refuses itself (Host ≠ the TLS name) is logged with its reason.
-    let raw = {
-        let mut tls = tls_over(
-            tcp_from("127.0.0.1", setup.https),
-            "shop.tenant.test",
-            &["http/1.1"],
-        );
-        use std::io::Write;
-        tls.write_all(
-            b"GET /misdirected HTTP/1.1\r\nHost: other.tenant.test\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        read_response(&mut tls).0
-    };
-    assert!(raw.starts_with("HTTP/1.1 421"), "{raw}");
-    let lines = lines_until(&log, |l| !with_path(l, "/misdirected").is_empty());
+    misdirected(setup);
+    let lines = lines_until(log, |l| !with_path(l, "/misdirected").is_empty());
     let refused = with_path(&lines, "/misdirected");
     assert_eq!(refused.len(), 1, "{lines:?}");
     assert_eq!(refused[0]["status"], 421);
@@ -138,17 +167,8 @@ async fn a_request_is_one_json_line_with_every_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trusted_peers_request_id_is_kept_and_others_are_generated() {
-    let setup = EdgeSetup::new();
-    let (_up, backend) = upstream(setup.dir.path(), "a");
-    let log = setup.dir.path().join("access.log");
-    let config = setup.config(
-        &[backend],
-        &format!(
-            "forwarding:\n  trusted_proxies: [\"127.0.0.2/32\"]\naccess_log:\n  path: {}\n",
-            log.display()
-        ),
-    );
-    let _edge = setup.start(&config);
+    let Logged { setup, log, .. } =
+        &logged("", "forwarding:\n  trusted_proxies: [\"127.0.0.2/32\"]\n");
     let from = |ip: &str| {
         let ip: IpAddr = ip.parse().unwrap();
         setup.client_with(&["shop.tenant.test"], move |b| b.local_address(ip))
@@ -182,7 +202,7 @@ async fn a_trusted_peers_request_id_is_kept_and_others_are_generated() {
     );
     assert_ne!(replaced, generated);
 
-    let lines = lines_until(&log, |l| l.len() >= 3);
+    let lines = lines_until(log, |l| l.len() >= 3);
     for (path, id) in [
         ("/trusted", kept.as_str()),
         ("/trusted-none", generated.as_str()),
@@ -196,25 +216,20 @@ async fn a_trusted_peers_request_id_is_kept_and_others_are_generated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr1_reopens_the_file_after_rotation() {
-    let setup = EdgeSetup::new();
-    let (_up, backend) = upstream(setup.dir.path(), "a");
-    let log = setup.dir.path().join("access.log");
+    let Logged {
+        setup, log, edge, ..
+    } = &logged("", "");
     let rotated = setup.dir.path().join("access.log.1");
-    let config = setup.config(
-        &[backend],
-        &format!("access_log:\n  path: {}\n", log.display()),
-    );
-    let edge = setup.start(&config);
     let client = setup.client(&["shop.tenant.test"]);
     let get = |path: &str| client.get(setup.url("shop.tenant.test", path)).send();
     assert_eq!(get("/before").await.unwrap().status(), 200);
     assert_eq!(
-        with_path(&lines_until(&log, |l| !l.is_empty()), "/before").len(),
+        with_path(&lines_until(log, |l| !l.is_empty()), "/before").len(),
         1
     );
 
     // logrotate: rename, then SIGUSR1.
-    std::fs::rename(&log, &rotated).unwrap();
+    std::fs::rename(log, &rotated).unwrap();
     let status = std::process::Command::new("kill")
         .args(["-USR1", &edge.child.id().to_string()])
         .status()
@@ -233,7 +248,7 @@ async fn sigusr1_reopens_the_file_after_rotation() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(get("/after").await.unwrap().status(), 200);
-    let new = lines_until(&log, |l| !with_path(l, "/after").is_empty());
+    let new = lines_until(log, |l| !with_path(l, "/after").is_empty());
     assert_eq!(with_path(&new, "/after").len(), 1, "{new:?}");
     assert!(with_path(&new, "/before").is_empty(), "{new:?}");
     let old = lines_until(&rotated, |_| true);
@@ -244,14 +259,7 @@ async fn sigusr1_reopens_the_file_after_rotation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_zero_drops_successes_but_keeps_refusals() {
-    let setup = EdgeSetup::new();
-    let (_up, backend) = upstream(setup.dir.path(), "a");
-    let log = setup.dir.path().join("access.log");
-    let config = setup.config(
-        &[backend],
-        &format!("access_log:\n  path: {}\n  sample: 0\n", log.display()),
-    );
-    let _edge = setup.start(&config);
+    let Logged { setup, log, .. } = &logged("  sample: 0\n", "");
     let client = setup.client(&["shop.tenant.test"]);
     for _ in 0..20 {
         let resp = client
@@ -262,22 +270,12 @@ async fn sampling_zero_drops_successes_but_keeps_refusals() {
         assert_eq!(resp.status(), 200);
     }
     // A request the edge refuses (421, Host ≠ the TLS name) is an error status: logged.
-    let mut tls = tls_over(
-        tcp_from("127.0.0.1", setup.https),
-        "shop.tenant.test",
-        &["http/1.1"],
-    );
-    use std::io::Write;
-    tls.write_all(
-        b"GET /misdirected HTTP/1.1\r\nHost: other.tenant.test\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    assert!(read_response(&mut tls).0.starts_with("HTTP/1.1 421"));
+    misdirected(setup);
     // A refused handshake (a name outside the allow-list) is logged as such.
     let refused = handshake(setup.https, Some("stranger.example"), None);
     assert!(!refused.ok);
 
-    let lines = lines_until(&log, |l| {
+    let lines = lines_until(log, |l| {
         l.iter().any(|x| x["event"] == "handshake_refused")
             && !with_path(l, "/misdirected").is_empty()
     });

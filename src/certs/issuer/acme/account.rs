@@ -150,18 +150,11 @@ impl Accounts {
         );
         let (mut account, mut json) = self.register().await?;
         if let Some(shared) = &self.shared {
-            match shared
+            // Another host may have replaced it first: then theirs is used (ours stays unused).
+            let stored = shared
                 .replace_account(&self.directory, dead.id(), &json)
-                .await
-            {
-                Ok(winner) if winner != json => {
-                    // Another host replaced it first: use theirs (ours stays unused).
-                    account = self.account_from_json(&winner).await?;
-                    json = winner;
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("could not share the new ACME account: {e}"),
-            }
+                .await;
+            (account, json) = self.adopt_stored(stored, account, json).await?;
         }
         self.save_local(&json)?;
         log::info!(
@@ -189,6 +182,25 @@ impl Accounts {
                 account.id()
             ))),
             Err(e) => Err(classify(&self.directory, e)),
+        }
+    }
+
+    /// The account the shared store answered with: `json`'s own when it was stored, the one
+    /// another host stored first otherwise; when the store could not be asked, ours (this
+    /// host keeps it and tries to share it next time).
+    async fn adopt_stored(
+        &self,
+        stored: Result<Vec<u8>, RemoteError>,
+        account: Account,
+        json: Vec<u8>,
+    ) -> Result<(Account, Vec<u8>), IssueError> {
+        match stored {
+            Ok(winner) if winner != json => Ok((self.account_from_json(&winner).await?, winner)),
+            Ok(_) => Ok((account, json)),
+            Err(e) => {
+                log::warn!("could not share the new ACME account: {e}");
+                Ok((account, json))
+            }
         }
     }
 
@@ -274,14 +286,8 @@ impl Accounts {
         let (mut account, mut json) = self.register().await?;
         if let Some(shared) = &self.shared {
             // Two hosts may create accounts at once: the first stored wins, the other is unused.
-            match shared.insert_account(&self.directory, &json).await {
-                Ok(winner) if winner != json => {
-                    account = self.account_from_json(&winner).await?;
-                    json = winner;
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("could not share the new ACME account: {e}"),
-            }
+            let stored = shared.insert_account(&self.directory, &json).await;
+            (account, json) = self.adopt_stored(stored, account, json).await?;
         }
         self.save_local(&json)?;
         log::info!(
