@@ -31,9 +31,11 @@
 #   b.  HTTP/1.1 keep-alive req/s: wrk (its p99 latency is kept too)
 #   c.  HTTP/2 req/s: h2load -c 10 -m 10
 #   m.  memory per idle keep-alive connection: scripts/idle-conns.py opens BENCH_IDLE TLS
-#       connections (one request each, then idle) and the server's resident memory (RSS of its
-#       process tree) is read before and while they are open; first round only (not for
-#       edge-nolog: the access log idles too); target for the edge: at most 20,000 bytes
+#       connections (one request each, then idle), then a second batch of BENCH_IDLE beside
+#       them; the server's resident memory (RSS of its process tree) grows by the figure while
+#       the second batch opens (the first one also pays for first pages and per-thread caches,
+#       and varies with what ran before); first round only (not for edge-nolog: the access
+#       log idles too); target for the edge: at most 20,000 bytes
 #   i.  instructions per request (once, pingora and edge only): a separate instance of each
 #       under `valgrind --tool=callgrind --instr-atstart=no` (own ports; the edge: own config
 #       and data dir, access log as default), warmed by curl and 200 requests, then
@@ -235,7 +237,8 @@ render_table() {
 render_extra() { # dir
   local dir=$1 rc=0
   if [ -s "$dir/idle.tsv" ]; then
-    # idle.tsv: server, RSS before, RSS while open (KiB), round, connections (older runs: none)
+    # idle.tsv: server, RSS with the first batch open, RSS with both open (KiB), round,
+    # connections per batch (older runs: none), RSS before either
     awk -F '\t' -v n="$idle" '
       { c = NF >= 5 && $5 > 0 ? $5 : n; best[$1] = ($3 - $2) * 1024 / c; conns = c }
       END {
@@ -252,7 +255,8 @@ render_extra() { # dir
         }
         if (("nginx" in best) && ("edge" in best) && best["nginx"] > 0)
           printf "%-46s %-10s %10.2f\n", "", "edge/nginx", best["edge"] / best["nginx"]
-        printf "(%d connections held open; RSS of the process tree before and while they are open)\n", conns
+        printf "(RSS of the process tree: growth while a second batch of %d connections is held open\n", conns
+        printf "beside a first one)\n"
         exit (("edge" in best) && !ok ? 3 : 0)
       }' "$dir/idle.tsv" || rc=3
   fi
@@ -512,31 +516,43 @@ rss_of() {
   echo "$total"
 }
 
-# run_idle server pid port: memory per idle keep-alive TLS connection (bytes), into idle.tsv.
-run_idle() {
-  local server=$1 pid=$2 port=$3 before after fifo="$work/idle.fifo" out
-  out="$results/m-$1-r$round.txt"
-  before=$(rss_of "$pid")
+# open_idle server port batch: start idle-conns.py holding $idle connections, its stdin on
+# fd 7 (batch 1) or 8 (batch 2), and wait until all are open.
+open_idle() {
+  local server=$1 port=$2 batch=$3 fifo="$work/idle.$3.fifo" out="$results/m-$1-r$round-$3.txt"
   rm -f "$fifo"
   mkfifo "$fifo"
   python3 scripts/idle-conns.py 127.0.0.1 "$port" "$name" "$idle" <"$fifo" >"$out" 2>&1 &
-  local client=$!
-  exec 7>"$fifo"
+  idle_clients+=("$!")
+  if [ "$batch" = 1 ]; then exec 7>"$fifo"; else exec 8>"$fifo"; fi
   for _ in $(seq 1 1200); do
     grep -q '^ready' "$out" && break
-    kill -0 "$client" 2>/dev/null || break
+    kill -0 "${idle_clients[-1]}" 2>/dev/null || break
     sleep 0.1
   done
   if ! grep -q '^ready' "$out"; then
-    exec 7>&-
+    exec 7>&- 8>&-
     die "idle-conns.py did not open $idle connections to $server; see $out"
   fi
   sleep 1
+}
+
+# run_idle server pid port: memory per idle keep-alive TLS connection (bytes), into idle.tsv.
+# Two batches of $idle connections, the second opened while the first is held: the second
+# batch's growth is the figure (the first one also pays for the allocator's first pages and
+# per-thread caches, which a server that has been running a while already has).
+run_idle() {
+  local server=$1 pid=$2 port=$3 before mid after
+  idle_clients=()
+  before=$(rss_of "$pid")
+  open_idle "$server" "$port" 1
+  mid=$(rss_of "$pid")
+  open_idle "$server" "$port" 2
   after=$(rss_of "$pid")
-  exec 7>&- # closing its stdin makes it close the connections and exit
-  wait "$client" 2>/dev/null || true
-  printf '%s\t%s\t%s\t%s\t%s\n' "$server" "$before" "$after" "$round" "$idle" >>"$results/idle.tsv"
-  say "m $server: $(((after - before) * 1024 / idle)) bytes per idle connection ($before → $after KiB)"
+  exec 7>&- 8>&- # closing their stdin makes them close the connections and exit
+  wait "${idle_clients[@]}" 2>/dev/null || true
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$mid" "$after" "$round" "$idle" "$before" >>"$results/idle.tsv"
+  say "m $server: $(((after - mid) * 1024 / idle)) bytes per idle connection, second batch ($before → $mid → $after KiB; first batch $(((mid - before) * 1024 / idle)))"
 }
 
 # CPU time (seconds, user+system) of a process and its children (nginx: master + workers).

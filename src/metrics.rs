@@ -531,13 +531,17 @@ impl Metrics {
 
 /// `2xx`-style class of an HTTP status.
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+/// The `class` label values of `upstream_requests_total`, indexed by `status_class_index`.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Where `status` falls in `STATUS_CLASSES` (anything outside 100–599, 0 included: "error").
+pub fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "error",
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
     }
 }
 

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, Session};
+use pingora::protocols::tls::SslDigest;
 use pingora::proxy::{FailToProxy, ProxyHttp};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
@@ -31,7 +33,7 @@ use crate::http::timeouts::TimeoutSettings;
 use crate::http::upstream::Upstreams;
 use crate::limits::connections::{CloseReason, Connections};
 use crate::logging::access::{AccessLog, RequestLine};
-use crate::metrics::{label_set, status_class, Metrics};
+use crate::metrics::{label_set, Metrics};
 use crate::tls::accept::connection_key;
 use crate::tls::handshake::ConnName;
 
@@ -61,17 +63,19 @@ pub struct ClientPolicy {
     pub access_log: Arc<AccessLog>,
 }
 
-/// Per-request state.
-/// A request this soon after its connection's full handshake uses the handshake's decision.
-const JUST_DECIDED: std::time::Duration = std::time::Duration::from_secs(1);
+/// A request this soon after the allow-list said yes to its connection's name (in the full
+/// handshake or for an earlier request) uses that answer: a connection asks at most once a
+/// second, however many requests it carries; a tenant removed is refused within a second.
+const ASKED_RECENTLY: Duration = Duration::from_secs(1);
 
 /// `ErrorType::Custom` of a request body slower than `timeouts.body_min_rate`.
 const BODY_TOO_SLOW: &str = "body_too_slow";
 
+/// Per-request state.
 pub struct RequestCtx {
     started: Instant,
-    /// The Host header as the client sent it (for X-Forwarded-Host).
-    host_header: Option<String>,
+    /// The connection's TLS digest (its `ConnName`), once the request was checked.
+    ssl: Option<Arc<SslDigest>>,
     host: Option<Domain>,
     pool: Option<usize>,
     /// Backends already tried for this request (a connect failure moves on to another).
@@ -81,7 +85,7 @@ pub struct RequestCtx {
     /// The pool's head and body deadlines, when they differ (a watchdog enforces them).
     split_deadlines: Option<(Duration, Duration)>,
     deadline: Option<Deadline>,
-    request_id: Option<String>,
+    request_id: Option<HeaderValue>,
     /// Why the edge answered the request itself (`requests_refused_total{reason}`).
     refusal: Option<&'static str>,
     upstream_status: Option<u16>,
@@ -129,7 +133,7 @@ impl ProxyHttp for EdgeProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
-            host_header: None,
+            ssl: None,
             host: None,
             pool: None,
             tried: Vec::new(),
@@ -199,13 +203,9 @@ impl ProxyHttp for EdgeProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .is_some_and(|a| self.policy.forwarding.trusts(a.ip()));
-        let incoming = session
-            .req_header()
-            .headers
-            .get(&X_REQUEST_ID)
-            .map(|v| v.as_bytes());
+        let incoming = session.req_header().headers.get(&X_REQUEST_ID);
         ctx.request_id = Some(request_id(incoming, trusted));
-        let Some(host_header) = request_host(session.req_header()).map(str::to_owned) else {
+        let Some(host_header) = request_host(session.req_header()) else {
             return self
                 .refuse(
                     session,
@@ -216,25 +216,18 @@ impl ProxyHttp for EdgeProxy {
                 )
                 .await;
         };
-        let conn_name = session
-            .digest()
-            .and_then(|d| d.ssl_digest.as_ref())
-            .and_then(|s| s.extension.get::<ConnName>());
+        // The digest is shared: holding it leaves the session free to answer.
+        let ssl = session.digest().and_then(|d| d.ssl_digest.clone());
+        let conn_name = ssl.as_deref().and_then(|s| s.extension.get::<ConnName>());
         // The usual Host is the connection's TLS name as the client sent it (ASCII, any case):
         // that one needs no parse (IDNA and all).
-        let stripped = strip_port(&host_header);
+        let stripped = strip_port(host_header);
         let host = match conn_name {
             Some(c) if stripped.eq_ignore_ascii_case(c.name.as_str()) => Some(c.name.clone()),
             _ => Domain::parse(stripped).ok(),
         };
-        // Whether the Host is the connection's TLS name, and whether its handshake just decided.
-        let conn = conn_name.map(|c| {
-            (
-                host.as_ref() == Some(&c.name),
-                c.decided_within(JUST_DECIDED),
-            )
-        });
-        let (Some(host), Some((true, just_decided))) = (host, conn) else {
+        let conn_name = conn_name.filter(|c| host.as_ref() == Some(&c.name));
+        let (Some(host), Some(conn_name)) = (host, conn_name) else {
             return self
                 .refuse(
                     session,
@@ -245,18 +238,22 @@ impl ProxyHttp for EdgeProxy {
                 )
                 .await;
         };
-        // The handshake just decided (a full handshake a moment ago): do not ask again. Later
-        // requests, and every request on a resumed session, ask the allow-list (its cache).
-        if !just_decided && !self.manager.is_allowed(&host).await {
-            return self
-                .refuse(
-                    session,
-                    ctx,
-                    421,
-                    RequestRefusal::NotAllowed,
-                    "421 Misdirected Request: this name is not served here\n",
-                )
-                .await;
+        // The allow-list said yes for this connection a moment ago (its full handshake, or an
+        // earlier request): do not ask again. Otherwise, and on every resumed session's first
+        // request, ask it (its cache).
+        if !conn_name.allowed_within(ASKED_RECENTLY) {
+            if !self.manager.is_allowed(&host).await {
+                return self
+                    .refuse(
+                        session,
+                        ctx,
+                        421,
+                        RequestRefusal::NotAllowed,
+                        "421 Misdirected Request: this name is not served here\n",
+                    )
+                    .await;
+            }
+            conn_name.note_allowed();
         }
         if session.is_upgrade_req() {
             // A WebSocket: closed at once if the tenant stops being allowed.
@@ -270,7 +267,7 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.pool = Some(self.upstreams.pool_for(&host));
         ctx.host = Some(host);
-        ctx.host_header = Some(host_header);
+        ctx.ssl = ssl;
         Ok(false)
     }
 
@@ -369,10 +366,7 @@ impl ProxyHttp for EdgeProxy {
         // One retry, on another backend (`upstream_peer` skips those in `ctx.tried`).
         if ctx.tried.len() < 2 {
             if let Some(pool) = ctx.pool {
-                self.metrics
-                    .upstream_retries
-                    .with_label_values(&[&self.upstreams.pool(pool).name])
-                    .inc();
+                self.upstreams.pool(pool).metrics.retries.inc();
             }
             e.set_retry(true);
         }
@@ -413,16 +407,33 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let trusted = client_ip.is_some_and(|ip| self.policy.forwarding.trusts(ip));
-        forwarded::rewrite(req, client_ip, trusted, ctx.host_header.as_deref())?;
+        let conn_name = ctx
+            .ssl
+            .as_deref()
+            .and_then(|s| s.extension.get::<ConnName>());
+        let formatted;
+        let client = match (client_ip, conn_name) {
+            (Some(ip), Some(conn)) => conn.forwarded_for(ip),
+            (Some(ip), None) => {
+                formatted = HeaderValue::try_from(ip.to_string()).ok();
+                formatted.as_ref()
+            }
+            (None, _) => None,
+        };
+        // The host as the client sent it: `:authority` (HTTP/2) or Host, like `request_host`.
+        let host = match req.uri.authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers.get(http::header::HOST).cloned(),
+        };
+        // HTTP/2 clients send :authority, not Host; HTTP/1.1 upstreams need Host.
+        let missing_host = req.headers.get(http::header::HOST).is_none();
+        if let (true, Some(host)) = (missing_host, &host) {
+            req.insert_header(http::header::HOST, host.clone())?;
+        }
+        forwarded::rewrite(req, client, trusted, host)?;
         if let Some(id) = &ctx.request_id {
             // A static name: Pingora takes its spelling as it is (see `forwarded`).
-            req.insert_header("X-Request-Id", id.as_str())?;
-        }
-        if let Some(host) = &ctx.host_header {
-            // HTTP/2 clients send :authority, not Host; HTTP/1.1 upstreams need Host.
-            if req.headers.get(http::header::HOST).is_none() {
-                req.insert_header(http::header::HOST, host.as_str())?;
-            }
+            req.insert_header("X-Request-Id", id.clone())?;
         }
         Ok(())
     }
@@ -523,16 +534,12 @@ impl ProxyHttp for EdgeProxy {
                 self.policy.access_log.settings().query,
             ));
         }
-        let Some(pool) = ctx.pool else { return };
-        let pool = &self.upstreams.pool(pool).name;
-        self.metrics
-            .upstream_requests
-            .with_label_values(&[pool, status_class(status)])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[pool])
-            .observe(ctx.started.elapsed().as_secs_f64());
+        if let Some(pool) = ctx.pool {
+            self.upstreams
+                .pool(pool)
+                .metrics
+                .request(status, ctx.started.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -562,9 +569,9 @@ fn request_line<'a>(
         tls_name: conn.map(|c| c.name.as_str()),
         tls_version: ssl.map(|s| s.version.as_ref()),
         alpn: Some(if session.is_http2() { "h2" } else { "http/1.1" }),
-        resumed: conn.map(|c| c.decided_at.is_none()),
+        resumed: conn.map(|c| c.resumed),
         method: Some(req.method.as_str()),
-        host: ctx.host_header.as_deref(),
+        host: request_host(req),
         path,
         status: (status > 0).then_some(status),
         bytes_in: Some(session.body_bytes_read() as u64),
@@ -573,7 +580,7 @@ fn request_line<'a>(
         upstream: ctx.tried.last().copied(),
         pool,
         upstream_status: ctx.upstream_status,
-        request_id: ctx.request_id.as_deref(),
+        request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
         refusal: ctx.refusal,
     }
 }

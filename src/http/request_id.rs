@@ -3,40 +3,71 @@
 //! or CDN in `forwarding.trusted_proxies`) is kept when it is sane; any other is replaced by
 //! a new random one, so a client cannot choose the id of its own request.
 
-use http::header::HeaderName;
+use http::header::{HeaderName, HeaderValue};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Longest id kept from a trusted peer.
 const MAX_LEN: usize = 200;
 
-/// The request's id: `incoming` when `trusted` and made of visible ASCII (at most 200 bytes),
-/// else 32 random hex digits.
-pub fn request_id(incoming: Option<&[u8]>, trusted: bool) -> String {
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The request's id, ready to be sent upstream: `incoming` when `trusted` and made of visible
+/// ASCII (at most 200 bytes), else 32 random hex digits.
+pub fn request_id(incoming: Option<&HeaderValue>, trusted: bool) -> HeaderValue {
     if let Some(id) = incoming.filter(|_| trusted) {
-        if !id.is_empty() && id.len() <= MAX_LEN && id.iter().all(|b| b.is_ascii_graphic()) {
-            // Visible ASCII is UTF-8.
-            return String::from_utf8_lossy(id).into_owned();
+        let b = id.as_bytes();
+        if !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|b| b.is_ascii_graphic()) {
+            return id.clone();
         }
     }
-    format!("{:032x}", rand::random::<u128>())
+    let random = rand::random::<u128>();
+    let mut hex = [0u8; 32];
+    for (i, digit) in hex.iter_mut().enumerate() {
+        *digit = HEX[((random >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are a valid header value: the fallback is never taken.
+    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn id(incoming: &[u8], trusted: bool) -> String {
+        let incoming = HeaderValue::from_bytes(incoming).unwrap();
+        request_id(Some(&incoming), trusted)
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
     #[test]
     fn trusted_ids_are_kept_and_others_replaced() {
-        assert_eq!(request_id(Some(b"lb-123"), true), "lb-123");
-        let generated = request_id(Some(b"client-chosen"), false);
+        assert_eq!(id(b"lb-123", true), "lb-123");
+        let generated = id(b"client-chosen", false);
         assert_ne!(generated, "client-chosen");
         assert_eq!(generated.len(), 32);
         assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(request_id(None, false), request_id(None, false));
         // Junk from a trusted peer is replaced too.
-        assert_eq!(request_id(Some(b"a b"), true).len(), 32);
-        assert_eq!(request_id(Some(&[b'x'; 300]), true).len(), 32);
-        assert_eq!(request_id(Some(b""), true).len(), 32);
+        assert_eq!(id(b"a b", true).len(), 32);
+        assert_eq!(id(&[b'x'; 300], true).len(), 32);
+        assert_eq!(id(b"", true).len(), 32);
+    }
+
+    #[test]
+    fn generated_ids_use_every_hex_digit_position() {
+        // 64 ids: each of the 32 positions takes more than one value (no digit stuck at 0).
+        let ids: Vec<String> = (0..64)
+            .map(|_| request_id(None, false).to_str().unwrap().to_owned())
+            .collect();
+        for pos in 0..32 {
+            let first = ids[0].as_bytes()[pos];
+            assert!(
+                ids.iter().any(|i| i.as_bytes()[pos] != first),
+                "digit {pos} never changes"
+            );
+        }
     }
 }

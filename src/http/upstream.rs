@@ -5,7 +5,7 @@
 //! the time-driven loop (the background service), as in Pingora's own split.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +16,10 @@ use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::prelude::background_service;
 use pingora::server::Server;
+use prometheus::{Histogram, IntCounter};
 
 use crate::domain::Domain;
-use crate::metrics::Metrics;
+use crate::metrics::{status_class_index, Metrics, STATUS_CLASSES};
 
 /// `upstreams:`: pools of backends and the routes that pick one by Host.
 #[derive(Debug, Clone)]
@@ -92,12 +93,45 @@ enum Balancer {
 pub struct Pool {
     pub name: String,
     balancer: Balancer,
+    /// The backends and whether each passes its health check (round robin reads it).
+    health: Arc<BackendHealth>,
+    /// Round robin's next turn.
+    next: AtomicUsize,
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub body_timeout: Duration,
     pub upgrade_timeout: Duration,
     /// Unix seconds of the last forced re-probe (all backends were down).
     last_reprobe: AtomicI64,
+    /// This pool's series of the per-request metrics, looked up once.
+    pub metrics: PoolMetrics,
+}
+
+/// One pool's series of `upstream_requests_total`, `request_duration_seconds` and
+/// `upstream_retries_total`: resolved when the pool is built, so a request counts itself
+/// without hashing label values under the family's lock.
+pub struct PoolMetrics {
+    /// By status class, in `STATUS_CLASSES` order.
+    requests: [IntCounter; STATUS_CLASSES.len()],
+    duration: Histogram,
+    pub retries: IntCounter,
+}
+
+impl PoolMetrics {
+    fn new(pool: &str, metrics: &Metrics) -> PoolMetrics {
+        PoolMetrics {
+            requests: STATUS_CLASSES
+                .map(|class| metrics.upstream_requests.with_label_values(&[pool, class])),
+            duration: metrics.request_duration.with_label_values(&[pool]),
+            retries: metrics.upstream_retries.with_label_values(&[pool]),
+        }
+    }
+
+    /// A request of this pool ended with `status` (0: none was sent) after `seconds`.
+    pub fn request(&self, status: u16, seconds: f64) {
+        self.requests[status_class_index(status)].inc();
+        self.duration.observe(seconds);
+    }
 }
 
 impl Pool {
@@ -149,7 +183,32 @@ pub struct UpstreamError {
 }
 
 /// Keeps `tenant_edge_upstream_backends_healthy{pool}` in step with health flips.
+/// A pool's backends, in configuration order, and the health-check verdict of each: the
+/// health checks' observer writes it, round robin reads it (a few loads per request instead
+/// of the load balancer's per-backend hash lookups).
+struct BackendHealth {
+    addrs: Vec<SocketAddr>,
+    up: Vec<AtomicBool>,
+}
+
+impl BackendHealth {
+    fn new(addrs: &[SocketAddr]) -> BackendHealth {
+        BackendHealth {
+            addrs: addrs.to_vec(),
+            // Healthy until a check says otherwise, as Pingora's load balancer starts them.
+            up: addrs.iter().map(|_| AtomicBool::new(true)).collect(),
+        }
+    }
+
+    fn set(&self, addr: Option<&SocketAddr>, healthy: bool) {
+        if let Some(i) = self.addrs.iter().position(|a| Some(a) == addr) {
+            self.up[i].store(healthy, Ordering::Relaxed);
+        }
+    }
+}
+
 struct HealthGauge {
+    health: Arc<BackendHealth>,
     healthy: Arc<AtomicI64>,
     gauge: prometheus::IntGauge,
     pool: String,
@@ -158,6 +217,7 @@ struct HealthGauge {
 #[async_trait]
 impl HealthObserve for HealthGauge {
     async fn observe(&self, target: &Backend, healthy: bool) {
+        self.health.set(target.addr.as_inet(), healthy);
         let delta = if healthy { 1 } else { -1 };
         let now = self.healthy.fetch_add(delta, Ordering::Relaxed) + delta;
         self.gauge.set(now);
@@ -233,7 +293,11 @@ fn health_check(
     }
 }
 
-fn build_lb<S>(pool: &PoolSettings, metrics: &Metrics) -> Result<LoadBalancer<S>, UpstreamError>
+fn build_lb<S>(
+    pool: &PoolSettings,
+    metrics: &Metrics,
+    health: &Arc<BackendHealth>,
+) -> Result<LoadBalancer<S>, UpstreamError>
 where
     S: pingora::lb::selection::BackendSelection + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
@@ -254,6 +318,7 @@ where
     gauge.set(count);
     if let Some(hc) = &pool.health_check {
         let observer = HealthGauge {
+            health: health.clone(),
             healthy: Arc::new(AtomicI64::new(count)),
             gauge,
             pool: pool.name.clone(),
@@ -275,15 +340,18 @@ impl Upstreams {
         let mut pools = Vec::with_capacity(cfg.pools.len());
         for p in &cfg.pools {
             let name = format!("health check {}", p.name);
+            let health = Arc::new(BackendHealth::new(&p.backends));
             let balancer = match p.selection {
                 Selection::RoundRobin => {
-                    let service = background_service(&name, build_lb::<RoundRobin>(p, metrics)?);
+                    let service =
+                        background_service(&name, build_lb::<RoundRobin>(p, metrics, &health)?);
                     let lb = service.task();
                     server.add_service(service);
                     Balancer::RoundRobin(lb)
                 }
                 Selection::ConsistentHash => {
-                    let service = background_service(&name, build_lb::<Consistent>(p, metrics)?);
+                    let service =
+                        background_service(&name, build_lb::<Consistent>(p, metrics, &health)?);
                     let lb = service.task();
                     server.add_service(service);
                     Balancer::Hash(lb)
@@ -292,11 +360,14 @@ impl Upstreams {
             pools.push(Pool {
                 name: p.name.clone(),
                 balancer,
+                health,
+                next: AtomicUsize::new(0),
                 connect_timeout: p.connect_timeout,
                 response_timeout: p.response_timeout,
                 body_timeout: p.body_timeout,
                 upgrade_timeout: p.upgrade_timeout,
                 last_reprobe: AtomicI64::new(0),
+                metrics: PoolMetrics::new(&p.name, metrics),
             });
         }
         Ok(Upstreams {
@@ -327,20 +398,32 @@ impl Upstreams {
     /// as fresh as its interval: a restarted kamal-proxy is back before its next check) and
     /// every backend is probed again at once. `None` when every backend was tried.
     pub fn select(&self, pool: usize, host: &str, tried: &[SocketAddr]) -> Option<SocketAddr> {
-        let untried = |b: &Backend| b.addr.as_inet().is_some_and(|a| !tried.contains(a));
         let p = &self.pools[pool];
-        let pick = |healthy_only: bool| {
-            let accept = |b: &Backend, healthy: bool| (healthy || !healthy_only) && untried(b);
-            match &p.balancer {
-                Balancer::RoundRobin(lb) => lb.select_with(b"", 64, accept),
-                Balancer::Hash(lb) => lb.select_with(host.as_bytes(), 64, accept),
+        let pick = |healthy_only: bool| match &p.balancer {
+            Balancer::RoundRobin(_) => {
+                let h = &p.health;
+                let n = h.addrs.len();
+                let start = p.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|i| (start.wrapping_add(i)) % n)
+                    .find(|&i| {
+                        (!healthy_only || h.up[i].load(Ordering::Relaxed))
+                            && !tried.contains(&h.addrs[i])
+                    })
+                    .map(|i| h.addrs[i])
+            }
+            Balancer::Hash(lb) => {
+                let untried = |b: &Backend| b.addr.as_inet().is_some_and(|a| !tried.contains(a));
+                let accept = |b: &Backend, healthy: bool| (healthy || !healthy_only) && untried(b);
+                lb.select_with(host.as_bytes(), 64, accept)
+                    .and_then(|b| b.addr.as_inet().copied())
             }
         };
-        if let Some(b) = pick(true) {
-            return b.addr.as_inet().copied();
+        if let Some(addr) = pick(true) {
+            return Some(addr);
         }
-        let backend = pick(false)?;
+        let addr = pick(false)?;
         p.reprobe();
-        backend.addr.as_inet().copied()
+        Some(addr)
     }
 }

@@ -54,18 +54,52 @@ label_set! {
 }
 
 /// The name a TLS connection was established for, attached to its `SslDigest`, and when the
-/// allow-list decided it in the handshake (`None`: a resumed session, which skipped it).
-#[derive(Debug, Clone)]
+/// allow-list last said yes to it for this connection: in the handshake (a full one), or on a
+/// request since (a resumed session skipped the handshake's decision).
+#[derive(Debug)]
 pub struct ConnName {
     pub name: Domain,
-    pub decided_at: Option<std::time::Instant>,
+    /// Whether the handshake resumed a session (no certificate callback, no decision).
+    pub resumed: bool,
+    born: std::time::Instant,
+    /// Milliseconds after `born` of the last "allowed"; `u64::MAX`: never.
+    allowed_ms: std::sync::atomic::AtomicU64,
+    /// The client's address as X-Forwarded-For carries it, formatted by the first request.
+    forwarded_for: std::sync::OnceLock<Option<http::HeaderValue>>,
 }
 
 impl ConnName {
-    /// Whether the handshake decided this name less than `within` ago: a request arriving
-    /// then need not ask the allow-list again.
-    pub fn decided_within(&self, within: std::time::Duration) -> bool {
-        self.decided_at.is_some_and(|at| at.elapsed() < within)
+    pub fn new(name: Domain, resumed: bool) -> ConnName {
+        ConnName {
+            name,
+            resumed,
+            born: std::time::Instant::now(),
+            allowed_ms: std::sync::atomic::AtomicU64::new(if resumed { u64::MAX } else { 0 }),
+            forwarded_for: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// `client` (the connection's peer, the same for all its requests) as X-Forwarded-For
+    /// carries it: formatted once per connection.
+    pub fn forwarded_for(&self, client: std::net::IpAddr) -> Option<&http::HeaderValue> {
+        self.forwarded_for
+            .get_or_init(|| http::HeaderValue::try_from(client.to_string()).ok())
+            .as_ref()
+    }
+
+    /// Whether the allow-list said yes to this connection's name less than `within` ago: a
+    /// request arriving then need not ask again.
+    pub fn allowed_within(&self, within: std::time::Duration) -> bool {
+        let last = self.allowed_ms.load(std::sync::atomic::Ordering::Relaxed);
+        last != u64::MAX
+            && (self.born.elapsed().as_millis() as u64) < last + within.as_millis() as u64
+    }
+
+    /// The allow-list said yes to this connection's name just now.
+    pub fn note_allowed(&self) {
+        let now = self.born.elapsed().as_millis() as u64;
+        self.allowed_ms
+            .store(now, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -334,7 +368,37 @@ impl TlsAccept for EdgeTls {
             None => ssl.servername(NameType::HOST_NAME),
         };
         let name = self.manager.handshake_name(sni).ok()?;
-        let decided_at = (!reused).then(std::time::Instant::now);
-        Some(Arc::new(ConnName { name, decided_at }))
+        Some(Arc::new(ConnName::new(name, reused)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_connection_asks_the_allow_list_at_most_once_per_window() {
+        let name = Domain::parse("shop.tenant.test").unwrap();
+        // A full handshake decided just now; a resumed session never did.
+        assert!(ConnName::new(name.clone(), false).allowed_within(Duration::from_secs(1)));
+        let resumed = ConnName::new(name, true);
+        assert!(resumed.resumed);
+        assert!(!resumed.allowed_within(Duration::from_secs(1)));
+        resumed.note_allowed();
+        assert!(resumed.allowed_within(Duration::from_secs(1)));
+        // The window passes: ask again.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(!resumed.allowed_within(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn the_forwarded_address_is_formatted_once() {
+        let conn = ConnName::new(Domain::parse("a.tenant.test").unwrap(), false);
+        let first = conn.forwarded_for("203.0.113.9".parse().unwrap()).unwrap();
+        assert_eq!(first, "203.0.113.9");
+        // The same value (same allocation) for every later request of the connection.
+        let again = conn.forwarded_for("203.0.113.9".parse().unwrap()).unwrap();
+        assert!(std::ptr::eq(first, again));
     }
 }
