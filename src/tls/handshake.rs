@@ -165,6 +165,11 @@ pub fn tls_settings(
     tickets
         .enable(&mut tls)
         .or_err(ErrorType::InternalError, "session-ticket keys")?;
+    // One TLS 1.3 ticket per handshake, as Go's crypto/tls (Caddy) sends, not OpenSSL's two:
+    // each resumed connection brings its client a fresh one, and a ticket costs the server a
+    // tenth of a full handshake's instructions (callgrind, `make bench-load` row a1).
+    tls.set_num_tickets(1)
+        .or_err(ErrorType::InternalError, "TLS 1.3 tickets per handshake")?;
     // OpenSSL reads whole records itself; see `listener_buffers`. An idle connection gives
     // its record buffers back (`make bench-load`, row m: memory per idle connection).
     tls.set_read_ahead(true);
