@@ -691,9 +691,7 @@ fn systemd_unit_reloads_through_pingoras_graceful_upgrade() {
 // ---------------------------------------------------------------------------------------------
 
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    SocketAddr::from(([127, 0, 0, 1], crate::common::free_port()))
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {

@@ -16,7 +16,21 @@ use openssl::x509::X509;
 pub const EDGE: &str = env!("CARGO_BIN_EXE_tenant-edge");
 pub const UPSTREAM: &str = env!("CARGO_BIN_EXE_demo-upstream");
 
-/// A port free on every one of `ips` (bound on the first, checked on the others).
+/// Whether `port` was not handed out before in this test process, noting it. A picked port is
+/// released until its user binds it, and the kernel may give the same one to the next pick:
+/// two processes of one test (an edge and pebble-challtestsrv, say) then collide.
+fn first_time(port: u16) -> bool {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    if handed.contains(&port) {
+        return false;
+    }
+    handed.push(port);
+    true
+}
+
+/// A port free on every one of `ips` (bound on the first, checked on the others), never one
+/// handed out before in this process.
 pub fn free_port_on(ips: &[&str]) -> u16 {
     for _ in 0..100 {
         let port = TcpListener::bind(format!("{}:0", ips[0]))
@@ -26,6 +40,7 @@ pub fn free_port_on(ips: &[&str]) -> u16 {
         if ips
             .iter()
             .all(|ip| TcpListener::bind(format!("{ip}:{port}")).is_ok())
+            && first_time(port)
         {
             return port;
         }
@@ -33,12 +48,10 @@ pub fn free_port_on(ips: &[&str]) -> u16 {
     panic!("no port free on all of {ips:?}");
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released), never one handed out before in this
+/// process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    free_port_on(&["127.0.0.1"])
 }
 
 pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
@@ -129,9 +142,7 @@ impl EdgeSetup {
     /// An edge on `ip` with the given HTTPS and HTTP ports (several hosts on one machine share
     /// the ports Pebble validates on, each on its own loopback address).
     pub fn on(ip: &str, https: u16, http: u16) -> EdgeSetup {
-        let metrics = TcpListener::bind(format!("{ip}:0"))
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        let metrics: SocketAddr = format!("{ip}:{}", free_port_on(&[ip])).parse().unwrap();
         EdgeSetup {
             dir: tempfile::tempdir().unwrap(),
             https: format!("{ip}:{https}").parse().unwrap(),
