@@ -182,7 +182,6 @@ pub struct UpstreamError {
     message: String,
 }
 
-/// Keeps `tenant_edge_upstream_backends_healthy{pool}` in step with health flips.
 /// A pool's backends, in configuration order, and the health-check verdict of each: the
 /// health checks' observer writes it, round robin reads it (a few loads per request instead
 /// of the load balancer's per-backend hash lookups).
@@ -205,11 +204,16 @@ impl BackendHealth {
             self.up[i].store(healthy, Ordering::Relaxed);
         }
     }
+
+    fn healthy(&self) -> usize {
+        self.up.iter().filter(|u| u.load(Ordering::Relaxed)).count()
+    }
 }
 
+/// Keeps the health table and `tenant_edge_upstream_backends_healthy{pool}` in step with
+/// health flips.
 struct HealthGauge {
     health: Arc<BackendHealth>,
-    healthy: Arc<AtomicI64>,
     gauge: prometheus::IntGauge,
     pool: String,
 }
@@ -218,9 +222,7 @@ struct HealthGauge {
 impl HealthObserve for HealthGauge {
     async fn observe(&self, target: &Backend, healthy: bool) {
         self.health.set(target.addr.as_inet(), healthy);
-        let delta = if healthy { 1 } else { -1 };
-        let now = self.healthy.fetch_add(delta, Ordering::Relaxed) + delta;
-        self.gauge.set(now);
+        self.gauge.set(self.health.healthy() as i64);
         if healthy {
             log::info!(
                 "upstream {} in pool {} is healthy again",
@@ -319,7 +321,6 @@ where
     if let Some(hc) = &pool.health_check {
         let observer = HealthGauge {
             health: health.clone(),
-            healthy: Arc::new(AtomicI64::new(count)),
             gauge,
             pool: pool.name.clone(),
         };

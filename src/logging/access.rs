@@ -189,12 +189,7 @@ fn push_uint(o: &mut Vec<u8>, mut n: u64) {
             break;
         }
     }
-    push_ascii(o, &buf[i..]);
-}
-
-/// ASCII bytes (digits, here) appended in one copy.
-fn push_ascii(o: &mut Vec<u8>, ascii: &[u8]) {
-    o.extend_from_slice(ascii);
+    o.extend_from_slice(&buf[i..]);
 }
 
 impl<'a> From<Option<&'a str>> for Field<'a> {
@@ -255,7 +250,7 @@ impl Field<'_> {
                     } else {
                         2
                     };
-                    push_ascii(o, &digits[..keep]);
+                    o.extend_from_slice(&digits[..keep]);
                 }
             }
             Field::Millis(_) => o.extend_from_slice(b"null"),
@@ -338,16 +333,13 @@ fn push_now(o: &mut Vec<u8>) {
         o.extend_from_slice(cached.1.as_bytes());
     });
     let ms = now.subsec_millis();
-    push_ascii(
-        o,
-        &[
-            b'.',
-            b'0' + (ms / 100) as u8,
-            b'0' + (ms / 10 % 10) as u8,
-            b'0' + (ms % 10) as u8,
-            b'Z',
-        ],
-    );
+    o.extend_from_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
 }
 
 /// The access log of the edge (a no-op when disabled, and until its writer starts).

@@ -41,6 +41,13 @@ async fn balances_fails_over_and_reports() {
         let (status, _, upstream) = get(&client, &url).await;
         assert_eq!((status, upstream.as_deref()), (200, Some("b")));
     }
+    // Chosen by health, not found by a failed connect: no request tried the dead one first.
+    let m = setup.scrape();
+    assert_eq!(
+        metric(&m, "tenant_edge_upstream_retries_total", &[("pool", "app")]),
+        0.0,
+        "{m}"
+    );
 
     // Both dead: 502 with a short body.
     up_b.kill();

@@ -96,60 +96,30 @@ fn ticket_keys_rotate_every_period_and_the_previous_key_still_decrypts() {
     );
 }
 
-/// TLS 1.3 tickets the edge sends on one connection (made with `session`, if any), counted by
-/// the client's new-session callback, and whether the connection resumed.
-fn tickets_on_one_connection(addr: SocketAddr, session: Option<&SslSession>) -> (usize, bool) {
-    use openssl::ssl::{SslConnector, SslMethod, SslSessionCacheMode, SslVerifyMode};
-    use std::io::Write as _;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let count = Arc::new(AtomicUsize::new(0));
-    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
-    b.set_verify(SslVerifyMode::NONE);
-    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
-    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
-    let counted = count.clone();
-    b.set_new_session_callback(move |_, _| {
-        counted.fetch_add(1, Ordering::SeqCst);
-    });
-    let mut ssl = b
-        .build()
-        .configure()
-        .unwrap()
-        .verify_hostname(false)
-        .into_ssl("shop.tenant.test")
-        .unwrap();
-    if let Some(session) = session {
-        // SAFETY: the session came from a connection with the same settings.
-        unsafe { ssl.set_session(session).unwrap() };
-    }
-    let tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut s = ssl.connect(tcp).unwrap();
-    // Two requests: tickets come after the handshake, so all of them have been read by the
-    // time the second response is.
-    for _ in 0..2 {
-        write!(s, "GET / HTTP/1.1\r\nHost: shop.tenant.test\r\n\r\n").unwrap();
-        let (head, _) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    }
-    let reused = s.ssl().session_reused();
-    let _ = s.shutdown();
-    (count.load(Ordering::SeqCst), reused)
-}
-
 #[test]
 fn one_ticket_per_tls13_handshake_full_or_resumed() {
     let setup = EdgeSetup::new();
     let (_up, a) = upstream(setup.dir.path(), "a");
     let _edge = setup.start(&setup.config(&[a], ""));
-    let first = new_session(setup.https, SslVersion::TLS1_3);
-    assert_eq!(tickets_on_one_connection(setup.https, None), (1, false));
-    // A resumed connection gets one fresh ticket too.
-    assert_eq!(
-        tickets_on_one_connection(setup.https, Some(&first)),
-        (1, true)
+    let full = tls_visit(
+        setup.https,
+        "shop.tenant.test",
+        SslVersion::TLS1_3,
+        None,
+        true,
     );
+    assert_eq!((full.tickets, full.reused), (1, false));
+    // A resumed connection gets one fresh ticket too (resuming a session taken without the
+    // counting cache: see `tls_visit`).
+    let first = new_session(setup.https, SslVersion::TLS1_3);
+    let resumed = tls_visit(
+        setup.https,
+        "shop.tenant.test",
+        SslVersion::TLS1_3,
+        Some(&first),
+        true,
+    );
+    assert_eq!((resumed.tickets, resumed.reused), (1, true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -526,18 +526,40 @@ pub fn read_response(s: &mut impl Read) -> (String, Vec<u8>) {
     (head, body)
 }
 
-/// A connection for `sni` at `version`, resuming `session` when given; returns the session it
-/// ends with, whether it was resumed, and the names in the certificate it was served.
-pub fn tls_session(
+/// What one TLS connection of `tls_visit` ended with.
+pub struct TlsVisit {
+    pub session: openssl::ssl::SslSession,
+    pub reused: bool,
+    /// The names in the certificate it was served.
+    pub names: Vec<String>,
+    /// Sessions (tickets) the server sent on it, when counted.
+    pub tickets: usize,
+}
+
+/// A connection for `sni` at `version`, resuming `session` when given, with one request.
+/// `count_tickets` turns on the client's session cache, which sees every ticket (and changes
+/// which session the connection ends with: leave it off to resume elsewhere).
+pub fn tls_visit(
     addr: SocketAddr,
     sni: &str,
     version: openssl::ssl::SslVersion,
     session: Option<&openssl::ssl::SslSession>,
-) -> (openssl::ssl::SslSession, bool, Vec<String>) {
+    count_tickets: bool,
+) -> TlsVisit {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tickets = std::sync::Arc::new(AtomicUsize::new(0));
     let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
     b.set_verify(SslVerifyMode::NONE);
     b.set_min_proto_version(Some(version)).unwrap();
     b.set_max_proto_version(Some(version)).unwrap();
+    if count_tickets {
+        // Every session the server sends reaches the callback (client-side caching on).
+        b.set_session_cache_mode(openssl::ssl::SslSessionCacheMode::CLIENT);
+        let counted = tickets.clone();
+        b.set_new_session_callback(move |_, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        });
+    }
     let mut ssl = b
         .build()
         .configure()
@@ -552,7 +574,8 @@ pub fn tls_session(
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut s = ssl.connect(tcp).unwrap();
-    // A request, so that TLS 1.3 session tickets (sent after the handshake) are read.
+    // A request, so that TLS 1.3 session tickets (sent after the handshake, before any
+    // response) are read.
     write!(s, "GET / HTTP/1.1\r\nHost: {sni}\r\n\r\n").unwrap();
     let (head, _) = read_response(&mut s);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -565,5 +588,21 @@ pub fn tls_session(
     let session = s.ssl().session().unwrap().to_owned();
     // A close_notify, or OpenSSL marks the session not resumable when the connection is freed.
     let _ = s.shutdown();
-    (session, reused, names)
+    TlsVisit {
+        session,
+        reused,
+        names,
+        tickets: tickets.load(Ordering::SeqCst),
+    }
+}
+
+/// `tls_visit` as (the session it ends with, whether it was resumed, the certificate's names).
+pub fn tls_session(
+    addr: SocketAddr,
+    sni: &str,
+    version: openssl::ssl::SslVersion,
+    session: Option<&openssl::ssl::SslSession>,
+) -> (openssl::ssl::SslSession, bool, Vec<String>) {
+    let v = tls_visit(addr, sni, version, session, false);
+    (v.session, v.reused, v.names)
 }
