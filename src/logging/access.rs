@@ -69,6 +69,7 @@ impl Default for AccessLogSettings {
 /// order, absent ones `null`; the time is when the line is written.
 #[derive(Default)]
 pub struct RequestLine<'a> {
+    /// A word fixed in the code (written without escaping, like `alpn`).
     pub event: &'static str,
     /// The client's TCP address (written without the formatting machinery)...
     pub client_inet: Option<SocketAddr>,
@@ -106,7 +107,7 @@ impl RequestLine<'_> {
         o.extend_from_slice("{\"time\":\"".as_bytes());
         push_now(&mut o);
         o.extend_from_slice("\",\"event\":".as_bytes());
-        json::string(&mut o, self.event);
+        Field::Plain(self.event).write(&mut o);
         // Each key with its punctuation, so that a field costs one copy before its value.
         let fields: [(&str, Field<'_>); 17] = [
             (
@@ -119,7 +120,7 @@ impl RequestLine<'_> {
             ),
             (",\"tls_name\":", self.tls_name.into()),
             (",\"tls_version\":", self.tls_version.into()),
-            (",\"alpn\":", self.alpn.into()),
+            (",\"alpn\":", self.alpn.map_or(Field::Null, Field::Plain)),
             (
                 ",\"resumed\":",
                 self.resumed.map_or(Field::Null, Field::Bool),
@@ -169,6 +170,8 @@ impl RequestLine<'_> {
 enum Field<'a> {
     Null,
     Str(&'a str),
+    /// A string that never holds a byte to escape (a fixed word, an HTTP method token).
+    Plain(&'a str),
     Shown(&'a dyn Display),
     Addr(SocketAddr),
     Bool(bool),
@@ -177,8 +180,25 @@ enum Field<'a> {
     Millis(f64),
 }
 
-/// `n` in decimal, without the formatting machinery.
+/// `n` in decimal, without the formatting machinery. Most values (octets, statuses, small
+/// sizes) have at most three digits: those are copied with a constant length (no `memcpy`).
 fn push_uint(o: &mut Vec<u8>, mut n: u64) {
+    if n < 10 {
+        o.push(b'0' + n as u8);
+        return;
+    }
+    if n < 100 {
+        o.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+        return;
+    }
+    if n < 1000 {
+        o.extend_from_slice(&[
+            b'0' + (n / 100) as u8,
+            b'0' + (n / 10 % 10) as u8,
+            b'0' + (n % 10) as u8,
+        ]);
+        return;
+    }
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -204,6 +224,11 @@ impl Field<'_> {
         match self {
             Field::Null => o.extend_from_slice(b"null"),
             Field::Str(s) => json::string(o, s),
+            Field::Plain(s) => {
+                o.push(b'"');
+                o.extend_from_slice(s.as_bytes());
+                o.push(b'"');
+            }
             Field::Shown(d) => {
                 // Addresses: digits, dots, colons and brackets, nothing to escape.
                 o.push(b'"');
@@ -265,10 +290,7 @@ mod json {
     pub fn string(o: &mut Vec<u8>, s: &str) {
         o.push(b'"');
         // The usual value (a name, a path, an id) has nothing to escape: one copy.
-        if !s
-            .bytes()
-            .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f)
-        {
+        if !needs_escape(s.as_bytes()) {
             o.extend_from_slice(s.as_bytes());
             o.push(b'"');
             return;
@@ -294,6 +316,40 @@ mod json {
         }
         o.extend_from_slice(&s.as_bytes()[start..]);
         o.push(b'"');
+    }
+
+    fn escaped(b: u8) -> bool {
+        b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f
+    }
+
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+    /// Whether a byte of `w` is zero (exact as a yes/no: a false mark can only sit above a
+    /// true zero byte).
+    fn has_zero(w: u64) -> bool {
+        w.wrapping_sub(ONES) & !w & HIGHS != 0
+    }
+
+    /// Whether any byte of `s` needs an escape: eight bytes at a time as one word (a control
+    /// byte, `"`, `\\` or DEL in any of them), the last few one by one.
+    fn needs_escape(s: &[u8]) -> bool {
+        let mut words = s.chunks_exact(8);
+        for word in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(word);
+            let w = u64::from_ne_bytes(b);
+            // Below 0x20: subtracting 0x20 borrows into the high bit, unless it was set.
+            let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS != 0;
+            if control
+                || has_zero(w ^ (ONES * u64::from(b'"')))
+                || has_zero(w ^ (ONES * u64::from(b'\\')))
+                || has_zero(w ^ (ONES * 0x7f))
+            {
+                return true;
+            }
+        }
+        words.remainder().iter().any(|&b| escaped(b))
     }
 }
 
@@ -636,6 +692,40 @@ mod tests {
                 "{ms}: {line}"
             );
             assert!(line.contains("\"client\":\"10.0.0.255:65535\""), "{line}");
+        }
+    }
+
+    /// A byte to escape is found wherever it sits: in a sixteen-byte block or in the tail.
+    #[test]
+    fn escapes_are_found_in_blocks_and_in_the_tail() {
+        for len in [1, 15, 16, 17, 31, 32, 40] {
+            for at in 0..len {
+                for bad in [0u8, 0x1f, b'"', b'\\', 0x7f] {
+                    let mut s = vec![b'a'; len];
+                    s[at] = bad;
+                    let s = String::from_utf8(s).unwrap();
+                    let mut o = Vec::new();
+                    json::string(&mut o, &s);
+                    let back: String = serde_json::from_slice(&o)
+                        .unwrap_or_else(|e| panic!("{e}: {len} {at} {bad}"));
+                    assert_eq!(back, s);
+                    assert!(o.len() > len + 2, "{len} {at} {bad} not escaped");
+                }
+            }
+            for clean in ["b".repeat(len), "é😀 ~!".repeat(len)] {
+                let mut o = Vec::new();
+                json::string(&mut o, &clean);
+                assert_eq!(o, format!("\"{clean}\"").into_bytes());
+            }
+        }
+    }
+
+    #[test]
+    fn numbers_at_every_digit_count() {
+        for n in [0, 9, 10, 99, 100, 999, 1000, 65535, 1_000_000_007, u64::MAX] {
+            let mut o = Vec::new();
+            push_uint(&mut o, n);
+            assert_eq!(o, n.to_string().into_bytes());
         }
     }
 }
