@@ -76,7 +76,6 @@ struct H1Parts {
     keepalive: Option<u64>,
     reuses: Option<u32>,
     user_context: Option<Box<dyn std::any::Any + Send + Sync>>,
-    conn: Option<Arc<Connection>>,
 }
 
 /// How waiting for a request head ended, when it did not produce one.
@@ -231,7 +230,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
         let keepalive = session.get_keepalive();
         let reuses = session.get_keepalive_reuses_remaining();
         let user_context = session.take_connection_user_context();
-        let conn = self.connection_of(&session);
         let ServerSession::H1(h1) = session else {
             return None;
         };
@@ -240,7 +238,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
             keepalive,
             reuses,
             user_context,
-            conn,
         })
     }
 
@@ -254,7 +251,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
             keepalive,
             reuses,
             user_context,
-            conn,
         } = parts;
         let head = match read_head(&mut stream, &self.timeouts, shutdown).await {
             Ok(head) => head,
@@ -272,6 +268,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
                     }
                     NoHead::Gone => None,
                 };
+                // The connection's entry is looked up only here, when it ends for a reason.
+                let conn = reason.and_then(|_| {
+                    let digest = stream.get_socket_digest()?;
+                    self.connections.find(connection_key(&digest))
+                });
                 if let (Some(reason), Some(conn)) = (reason, conn) {
                     conn.close_because(reason);
                 }
@@ -283,18 +284,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
         session.set_keepalive_reuses_remaining(reuses);
         session.set_connection_user_context(user_context);
         session.set_pipelined_prefix(head);
-        // A connection killed from outside (its tenant's WebSocket, no longer allowed) ends
-        // whatever it is doing.
-        let killed = async {
-            match &conn {
-                Some(conn) => conn.killed().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            served = self.inner.process_new_http(session, shutdown) => served,
-            () = killed => None,
-        }
+        // A connection killed from outside (its tenant's WebSocket, no longer allowed) is
+        // ended by `ConnApp`, which waits for the kill beside the whole HTTP/1.1 connection
+        // (Pingora's keep-alive loop runs inside it): no wait of its own per request.
+        self.inner.process_new_http(session, shutdown).await
     }
 
     async fn http2(
