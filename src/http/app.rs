@@ -3,7 +3,8 @@
 //!
 //! - **HTTP/1.1 request heads** are read here, not by Pingora, which bounds each read but not a
 //!   whole head (slowloris: one byte every few seconds): the first byte of a request must come
-//!   within `timeouts.idle` (keep-alive idle, or the time after the handshake), the whole head
+//!   within `timeouts.idle` (keep-alive idle, or the time after the handshake; on a deadline
+//!   queue, `idle`, which ends a wait up to a tenth of it and at most 100 ms late), the whole head
 //!   within `timeouts.header` of its first byte, and at most `MAX_HEAD` bytes. The head is then
 //!   handed to Pingora as already-read bytes.
 //! - **HTTP/2 streams**: past `limits.connections.requests_per_connection` a stream is refused
@@ -29,6 +30,7 @@ use pingora::server::ShutdownWatch;
 use pingora::time::fast_timeout::fast_timeout;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::http::idle::IdleQueue;
 use crate::http::timeouts::TimeoutSettings;
 use crate::limits::connections::{CloseReason, Connection, Connections};
 use crate::tls::accept::connection_key;
@@ -44,6 +46,8 @@ pub struct EdgeApp<A> {
     connections: Arc<Connections>,
     options: HttpServerOptions,
     h2: Option<H2Options>,
+    /// The idle waits between HTTP/1.1 requests.
+    idle: Arc<IdleQueue>,
 }
 
 impl<A> EdgeApp<A> {
@@ -56,6 +60,7 @@ impl<A> EdgeApp<A> {
     ) -> EdgeApp<A> {
         EdgeApp {
             inner: Arc::new(inner),
+            idle: IdleQueue::new(timeouts.idle),
             timeouts,
             connections,
             options,
@@ -104,22 +109,25 @@ fn head_complete(buf: &[u8], from: usize) -> bool {
 async fn read_head(
     stream: &mut Stream,
     timeouts: &TimeoutSettings,
+    idle: &Arc<IdleQueue>,
     shutdown: &ShutdownWatch,
 ) -> Result<BytesMut, NoHead> {
     let mut shutdown = shutdown.clone();
     if *shutdown.borrow() {
         return Err(NoHead::Shutdown);
     }
-    // Pingora's timer thread, not tokio's timer: registering a tokio timer on an otherwise
-    // idle timer wheel wakes the runtime's driver (an eventfd write and an extra epoll round
-    // on every other request, measured with strace under keep-alive load).
+    // The idle wait is an entry in the application's deadline queue, not a timer per request
+    // (a tokio timer on an otherwise idle wheel wakes the runtime's driver: an eventfd write
+    // and an extra epoll round on every other request, measured with strace; Pingora's timer
+    // costs a few thousand instructions per request, callgrind). The read is polled first.
     let mut buf = tokio::select! {
-        read = fast_timeout(timeouts.idle, first_read(stream)) => match read {
-            Err(_) => return Err(NoHead::Idle),
-            Ok(Ok(buf)) if buf.is_empty() => return Err(NoHead::Gone),
-            Ok(Err(_)) => return Err(NoHead::Gone),
-            Ok(Ok(buf)) => buf,
+        biased;
+        read = first_read(stream) => match read {
+            Ok(buf) if buf.is_empty() => return Err(NoHead::Gone),
+            Err(_) => return Err(NoHead::Gone),
+            Ok(buf) => buf,
         },
+        () = idle.wait() => return Err(NoHead::Idle),
         _ = shutdown.changed() => return Err(NoHead::Shutdown),
     };
     let deadline = Instant::now() + timeouts.header;
@@ -252,7 +260,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
             reuses,
             user_context,
         } = parts;
-        let head = match read_head(&mut stream, &self.timeouts, shutdown).await {
+        let head = match read_head(&mut stream, &self.timeouts, &self.idle, shutdown).await {
             Ok(head) => head,
             Err(why) => {
                 let reason = match why {

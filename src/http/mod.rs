@@ -12,6 +12,7 @@
 //! - `deadline`: separate upstream deadlines for the response head and the body gaps.
 //! - `upstream`: pools of backends (kamal-proxy), load balancing, health checks, routes.
 //! - `host`: the request's host, from `:authority` or `Host`.
+//! - `idle`: the idle timeout between HTTP/1.1 requests, one deadline queue per application.
 //! - `plain`: port 80 (ACME HTTP-01 answers, everything else redirected to https).
 //! - `metrics`: the `/metrics` listener.
 
@@ -20,6 +21,7 @@ pub mod conn;
 pub mod deadline;
 pub mod forwarded;
 pub mod host;
+pub mod idle;
 pub mod metrics;
 pub mod plain;
 pub mod proxy;
