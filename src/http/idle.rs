@@ -9,7 +9,9 @@
 //! passed, at most once per [`tick`] (so a wait ends up to a tick late), and ends when the queue
 //! is empty. Waits that ended early leave their entry behind until it reaches the front; the
 //! queue is compacted when those outnumber the live ones, so its length stays within twice
-//! the waiting connections (plus a few).
+//! the waiting connections (plus a few), and the slots within the most connections that ever
+//! waited at once (bounded by `limits.connections.max`). Waits ended by the timeout are
+//! counted where the connection closes (`tenant_edge_connections_closed_total{reason="idle_timeout"}`).
 
 use std::collections::VecDeque;
 use std::future::Future;

@@ -1,5 +1,6 @@
 //! Logging: `env_logger` behind a thin filter for Pingora's per-connection error lines, and
-//! the access log (`access`: one JSON line per request, written by a thread of its own).
+//! the access log (`access`: one JSON line per request, written by a thread of its own; `line`:
+//! a line's fields and their JSON).
 //!
 //! Pingora logs one ERROR line for every failed TLS handshake, every connection the pre-TLS
 //! step refused (limits, PROXY protocol, the client gate) and every HTTP/2 client that sent no
@@ -10,6 +11,7 @@
 //! kept at `warn`).
 
 pub mod access;
+pub mod line;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
