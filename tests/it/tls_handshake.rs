@@ -264,10 +264,13 @@ fn dev_yaml(setup: &EdgeSetup, backend: std::net::SocketAddr) -> std::path::Path
 }
 
 /// With the shipped development config (the internal CA), new names are not paced like a
-/// public CA's orders: 200 never-seen names in a row each get their certificate at once.
-/// (Run alone, see `.config/nextest.toml`: a timing, not a benchmark.)
+/// public CA's orders: 200 never-seen names in a row each get their certificate at once (no
+/// wait on an issuance limit, below; a paced name would wait a second or more). The times
+/// are a sanity bound, not a benchmark (`make bench-issuance` measures them): the median
+/// under 100 ms, the slowest under one second, so that a hiccup of a shared host fails
+/// nothing. (Run alone, see `.config/nextest.toml`.)
 #[test]
-fn dev_yaml_issues_two_hundred_new_names_each_under_100ms() {
+fn dev_yaml_issues_two_hundred_new_names_at_once_without_pacing() {
     let setup = EdgeSetup::new();
     let (_up, backend) = upstream(setup.dir.path(), "app");
     let edge = setup.start(&dev_yaml(&setup, backend));
@@ -275,7 +278,7 @@ fn dev_yaml_issues_two_hundred_new_names_each_under_100ms() {
     // The first certificate of a process pays for what is set up once (the store's folders,
     // the signer's first use); the names below are timed on a running edge.
     assert!(handshake(setup.https, Some("localhost"), Some(&root)).ok);
-    let mut slowest = (Duration::ZERO, String::new());
+    let mut times = Vec::with_capacity(200);
     for i in 0..200 {
         let name = format!("tenant{i}.localhost");
         let started = std::time::Instant::now();
@@ -283,13 +286,21 @@ fn dev_yaml_issues_two_hundred_new_names_each_under_100ms() {
         let took = started.elapsed();
         assert!(hs.ok, "{name}: {}\n{}", hs.error, edge.log_text());
         assert_eq!(sans(&hs.chain[0]), vec![name.clone()]);
-        if took > slowest.0 {
-            slowest = (took, name);
-        }
+        times.push((took, name));
     }
-    eprintln!("slowest: {} in {:?}", slowest.1, slowest.0);
+    times.sort();
+    let (median, slowest) = (&times[times.len() / 2], &times[times.len() - 1]);
+    eprintln!(
+        "median {:?}, slowest: {} in {:?}",
+        median.0, slowest.1, slowest.0
+    );
     assert!(
-        slowest.0 < Duration::from_millis(100),
+        median.0 < Duration::from_millis(100),
+        "median {:?}",
+        median.0
+    );
+    assert!(
+        slowest.0 < Duration::from_secs(1),
         "{} took {:?}",
         slowest.1,
         slowest.0
