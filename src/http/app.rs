@@ -331,6 +331,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
             }
         };
         tokio::select! {
+            biased;
             served = self.inner.process_new_http(session, shutdown) => served,
             () = killed => None,
             () = stalled => {

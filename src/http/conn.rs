@@ -303,7 +303,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
                 None => std::future::pending().await,
             }
         };
+        // `biased`: the connection first, without a random draw on every wake-up.
         tokio::select! {
+            biased;
             served = self.inner.process_new(stream, shutdown) => served,
             () = killed => None,
         }

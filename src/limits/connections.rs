@@ -10,8 +10,10 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll};
 
 use crate::domain::Domain;
 use crate::metrics::{label_set, Metrics};
@@ -310,6 +312,52 @@ pub struct Connection {
     registered: AtomicUsize,
 }
 
+pin_project_lite::pin_project! {
+    /// The wait of [`Connection::killed`]. It sits beside a whole connection (HTTP/1.1) or
+    /// stream (HTTP/2) and is polled every time its task wakes, a few times per request: a poll
+    /// with the waker it registered last is one atomic load, where polling the `Notified` again
+    /// takes the `Notify`'s lock to compare wakers.
+    pub struct Killed<'a> {
+        conn: &'a Connection,
+        #[pin]
+        notified: tokio::sync::futures::Notified<'a>,
+        // The waker the `Notified` holds, once it holds one.
+        waker: Option<std::task::Waker>,
+    }
+}
+
+impl std::future::Future for Killed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if this.conn.killed.load(Ordering::Acquire) {
+            return Poll::Ready(());
+        }
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // `kill` sets the flag, then wakes that waker.
+            return Poll::Pending;
+        }
+        loop {
+            // Created before the flag was read: a `kill` since then has woken it.
+            match this.notified.as_mut().poll(cx) {
+                Poll::Pending => {
+                    *this.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+                Poll::Ready(()) => {
+                    // Woken with no kill (none is sent, but a spurious wake-up costs nothing):
+                    // a new `Notified` first, then the flag, so that no `kill` falls between.
+                    this.notified.set(this.conn.kill.notified());
+                    if this.conn.killed.load(Ordering::Acquire) {
+                        return Poll::Ready(());
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
@@ -357,13 +405,11 @@ impl Connection {
     }
 
     /// Resolves when [`Connection::kill`] was called.
-    pub async fn killed(&self) {
-        loop {
-            let notified = self.kill.notified();
-            if self.killed.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
+    pub fn killed(&self) -> Killed<'_> {
+        Killed {
+            conn: self,
+            notified: self.kill.notified(),
+            waker: None,
         }
     }
 
@@ -499,6 +545,58 @@ mod tests {
         assert!(t.find(42).is_none());
         assert_eq!(closed(&m, CloseReason::ResetFlood), 1);
         assert_eq!(closed(&m, CloseReason::IdleTimeout), 0);
+    }
+
+    /// Counts its wake-ups.
+    struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<CountingWaker>, std::task::Waker) {
+        let w = Arc::new(CountingWaker(AtomicUsize::new(0)));
+        (w.clone(), std::task::Waker::from(w))
+    }
+
+    #[test]
+    fn a_kill_wakes_the_waker_the_wait_was_polled_with_last() {
+        use std::future::Future;
+        let (t, _m) = table(10, 10);
+        let c = t
+            .admit("192.0.2.1".parse().unwrap(), Listener::Https)
+            .unwrap();
+        let (first, first_waker) = counting();
+        let (second, second_waker) = counting();
+        let mut wait = Box::pin(c.killed());
+        // Polled again and again by one task: pending, nothing woken.
+        for _ in 0..3 {
+            let mut cx = Context::from_waker(&first_waker);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        // Moved to another task: that one's waker is the one to wake.
+        let mut cx = Context::from_waker(&second_waker);
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        c.kill(CloseReason::NotAllowed);
+        assert_eq!(
+            second.0.load(Ordering::SeqCst),
+            1,
+            "the last waker is woken"
+        );
+        assert_eq!(first.0.load(Ordering::SeqCst), 0, "an earlier waker is not");
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+        // A wait begun after the kill ends at once, and one created before it but never
+        // polled ends on its first poll.
+        let mut late = Box::pin(c.killed());
+        assert!(late.as_mut().poll(&mut cx).is_ready());
+        let c2 = t
+            .admit("192.0.2.2".parse().unwrap(), Listener::Https)
+            .unwrap();
+        let mut early = Box::pin(c2.killed());
+        c2.kill(CloseReason::NotAllowed);
+        assert!(early.as_mut().poll(&mut cx).is_ready());
     }
 
     #[test]
