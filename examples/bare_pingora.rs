@@ -7,16 +7,22 @@
 //! separates what Pingora itself costs per request from what tenant-edge adds on top of it.
 //!
 //! ```text
-//! cargo run --release --example bare_pingora -- LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal|percore [lean]]]
+//! cargo run --release --example bare_pingora -- LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal|percore [lean] [timeouts]]]
 //! ```
 //!
 //! `nosteal` runs Pingora's per-thread runtimes without work stealing (`ServerConf::work_stealing`);
 //! `percore` runs THREADS services of one thread each, each on its own `SO_REUSEPORT` socket,
 //! as tenant-edge does (`tenant_edge::server::listen::core_address`);
 //! `lean` uses tenant-edge's listener buffers (no Pingora read buffer under TLS, OpenSSL
-//! read-ahead: `tenant_edge::tls::handshake::listener_buffers`) instead of Pingora's defaults.
+//! read-ahead: `tenant_edge::tls::handshake::listener_buffers`) instead of Pingora's defaults;
+//! `timeouts` arms the timeouts tenant-edge arms on every request, with its defaults: the
+//! client's body read and send (`timeouts.body`, `timeouts.send`) and the upstream's connect and
+//! read (`upstreams.pools.*.connect_timeout`, `read_timeout`), as nginx does too
+//! (`client_body_timeout`, `send_timeout`, `proxy_connect_timeout`, `proxy_read_timeout`): the
+//! same settings, so that the instruction counts compare like with like.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
@@ -33,6 +39,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct Bare {
     upstream: SocketAddr,
+    /// `timeouts`: the body-read and send timeouts, tenant-edge's defaults (`timeouts.body`
+    /// and `timeouts.send`, 30 s each).
+    timeouts: Option<Duration>,
 }
 
 #[async_trait]
@@ -41,8 +50,22 @@ impl ProxyHttp for Bare {
 
     fn new_ctx(&self) {}
 
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        if let Some(t) = self.timeouts {
+            session.set_read_timeout(Some(t));
+            session.set_write_timeout(Some(t));
+        }
+        Ok(false)
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.timeouts.is_some() {
+            // tenant-edge's upstream defaults: `connect_timeout` 2 s, `read_timeout` 60 s.
+            peer.options.connection_timeout = Some(Duration::from_secs(2));
+            peer.options.read_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -63,7 +86,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [listen, cert, key, upstream, rest @ ..] = args.as_slice() else {
         return Err(
-            "usage: bare_pingora LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal|percore [lean]]]"
+            "usage: bare_pingora LISTEN CERT.pem KEY.pem UPSTREAM [THREADS [steal|nosteal|percore [lean] [timeouts]]]"
                 .into(),
         );
     };
@@ -79,11 +102,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("expected steal, nosteal or percore, not {other:?}").into())
         }
     };
-    let lean = match rest.get(2).map(String::as_str) {
-        None => false,
-        Some("lean") => true,
-        Some(other) => return Err(format!("expected lean, not {other:?}").into()),
-    };
+    let (mut lean, mut timeouts) = (false, None);
+    for flag in rest.iter().skip(2) {
+        match flag.as_str() {
+            "lean" => lean = true,
+            "timeouts" => timeouts = Some(Duration::from_secs(30)),
+            other => return Err(format!("expected lean or timeouts, not {other:?}").into()),
+        }
+    }
     let upstream: SocketAddr = upstream
         .parse()
         .map_err(|e| format!("UPSTREAM {upstream:?}: {e}"))?;
@@ -118,7 +144,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut service = Service::with_listeners(
             format!("bare pingora {core}"),
             listeners,
-            pingora::proxy::http_proxy(&server.configuration, Bare { upstream }),
+            pingora::proxy::http_proxy(&server.configuration, Bare { upstream, timeouts }),
         );
         if percore {
             service.threads = Some(1);

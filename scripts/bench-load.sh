@@ -10,10 +10,11 @@
 #   pingora     target/release/examples/bare_pingora: the smallest Pingora TLS proxy (nginx's
 #               static certificate, the same upstream and X-Forwarded-* headers, no callback,
 #               metrics or health checks), run with 2 threads the way tenant-edge runs them
-#               (BENCH_PINGORA_MODE "percore lean": one single-thread service per core on its
-#               own SO_REUSEPORT socket, tenant-edge's listener buffers): the floor Pingora
-#               itself sets, so the table tells Pingora's cost per request from what
-#               tenant-edge adds
+#               (BENCH_PINGORA_MODE "percore lean timeouts": one single-thread service per
+#               core on its own SO_REUSEPORT socket, tenant-edge's listener buffers, and the
+#               body-read and send timeouts tenant-edge and nginx arm on every request): the
+#               floor Pingora itself sets with the same settings, so the table tells Pingora's
+#               cost per request from what tenant-edge adds
 #   edge        target/release/tenant-edge (honours CARGO_TARGET_DIR), threads 2, internal CA,
 #               the certificate warmed by one curl first, RUST_LOG=warn, the access log on (the
 #               default: stdout, which goes to edge.log, a file write like journald's)
@@ -36,14 +37,15 @@
 #       the second batch opens (the first one also pays for first pages and per-thread caches,
 #       and varies with what ran before); first round only (not for edge-nolog: the access
 #       log idles too); target for the edge: at most 20,000 bytes
-#   i.  instructions per request (once, pingora and edge only): a separate instance of each
-#       under `valgrind --tool=callgrind --instr-atstart=no` (own ports; the edge: own config
-#       and data dir, access log as default), warmed by curl and 200 requests, then
+#   i.  instructions per request (once; pingora, edge and edge-nolog): a separate instance of
+#       each under `valgrind --tool=callgrind --instr-atstart=no` (own ports; the edges: own
+#       config and data dir, access log as default or off), warmed by curl and 200 requests, then
 #       instrumentation on (callgrind_control -i on) for exactly BENCH_CALLGRIND_REQUESTS
 #       HTTP/1.1 keep-alive requests on one connection (h2load --h1 -c 1 -m 1), off, dumped;
 #       then the same over HTTP/2 (h2load -c 1 -m 10). Instructions (Ir) / requests; callgrind
 #       runs the threads one at a time, which changes no instruction count. Target: edge /
-#       pingora at most 1.05 (HTTP/1.1; HTTP/2 reported). Skipped without valgrind
+#       pingora at most 1.05 (HTTP/1.1; HTTP/2 and edge-nolog reported: nginx and HAProxy
+#       run with no log, so edge-nolog is the like-for-like row). Skipped without valgrind
 #   k.  10,000 cached certificates (once): a separate edge (own ports and data dir, access log
 #       and per-client new-name limit off, tls.cache_capacity 20,000) gets BENCH_CERTS names
 #       k0.BENCH_NAME … each issued by the internal CA in a first handshake
@@ -74,7 +76,7 @@
 # BENCH_EDGE_ENV (extra VAR=value for every edge instance), BENCH_SERVERS ("upstream nginx
 # haproxy pingora edge edge-nolog": the servers measured, in that order; nginx and edge are
 # needed for the targets), BENCH_ONLY ("a1 a2 b c m i k": the measurements run),
-# BENCH_IDLE (2000, m), BENCH_PINGORA_MODE ("percore lean": bare_pingora's arguments after
+# BENCH_IDLE (2000, m), BENCH_PINGORA_MODE ("percore lean timeouts": bare_pingora's arguments after
 # THREADS: steal, nosteal or percore, optionally followed by lean), BENCH_CALLGRIND_REQUESTS
 # (2000, i), BENCH_CERTS (10000, k), BENCH_HANDSHAKE_THREADS (4, k), CARGO_TARGET_DIR (target).
 # Needs: wrk, h2load, nginx, haproxy, openssl, curl, python3, valgrind (for i)
@@ -99,7 +101,7 @@ bare_bin=$target_dir/release/examples/bare_pingora
 servers=${BENCH_SERVERS:-upstream nginx haproxy pingora edge edge-nolog}
 measurements=${BENCH_ONLY:-a1 a2 b c m i k}
 idle=${BENCH_IDLE:-2000}
-pingora_mode=${BENCH_PINGORA_MODE:-percore lean}
+pingora_mode=${BENCH_PINGORA_MODE:-percore lean timeouts}
 cg_requests=${BENCH_CALLGRIND_REQUESTS:-2000}
 cert_names=${BENCH_CERTS:-10000}
 hs_threads=${BENCH_HANDSHAKE_THREADS:-4}
@@ -281,6 +283,9 @@ render_extra() { # dir
           else if (pr == "h1") { verdict = r <= 1.05 ? "PASS" : "FAIL"; if (r > 1.05) fails++ }
           else verdict = r <= 1.05 ? "info: within" : "info: above"
           printf "%-46s %-10s %12.0f %12s %9s  %s\n", (per("pingora", pr) >= 0 ? "" : label), "edge", per("edge", pr), (r < 0 ? "-" : sprintf("%.2f", r)), "<= 1.05", verdict
+          if (per("edge-nolog", pr) < 0) continue
+          r = per("pingora", pr) > 0 ? sprintf("%.2f", per("edge-nolog", pr) / per("pingora", pr)) + 0 : -1
+          printf "%-46s %-10s %12.0f %12s %9s  %s\n", "", "edge-nolog", per("edge-nolog", pr), (r < 0 ? "-" : sprintf("%.2f", r)), "", "info: no access log, as nginx and HAProxy here"
         }
         print "(instructions of the whole process, every thread, while the requests ran, over the requests;"
         print "one full TLS handshake included; the target applies to HTTP/1.1, HTTP/2 is reported)"
@@ -683,7 +688,7 @@ fi
 start_bare() {
   local port=$1 log=$2
   shift 2
-  # shellcheck disable=SC2086 # $pingora_mode is one or two words
+  # shellcheck disable=SC2086 # $pingora_mode is a few words
   RUST_LOG=warn "$@" "$bare_bin" "127.0.0.1:$port" "$work/nginx-pki/leaf.pem" "$work/nginx-pki/leaf.key" \
     "127.0.0.1:$upstream_port" 2 $pingora_mode >"$log" 2>&1 &
   REPLY=$!
@@ -927,8 +932,9 @@ callgrind_phase() {
   REPLY=$(awk '/^totals:/ {t += $2; seen = 1} /^summary:/ {s += $2} END {printf "%.0f", (seen ? t : s)}' "$dump")
 }
 
-# run_callgrind server (pingora | edge): a separate instance under callgrind, own ports (the
-# edge: own config and data dir, access log as by default), into callgrind.tsv.
+# run_callgrind server (pingora | edge | edge-nolog): a separate instance under callgrind, own
+# ports (the edges: own config and data dir, the access log as by default or off), into
+# callgrind.tsv.
 run_callgrind() {
   local server=$1 port mport pid cafile url
   local vg=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$work/callgrind.$server.%p")
@@ -940,9 +946,13 @@ run_callgrind() {
   else
     free_port
     mport=$REPLY
-    edge_config edge-callgrind "$port" "$mport" </dev/null
-    start_edge edge-callgrind "${vg[@]}"
-    cafile=$work/edge-callgrind-data/ca/root.pem
+    if [ "$server" = edge ]; then
+      edge_config "$server-callgrind" "$port" "$mport" </dev/null
+    else
+      printf '\naccess_log:\n  enabled: false\n' | edge_config "$server-callgrind" "$port" "$mport"
+    fi
+    start_edge "$server-callgrind" "${vg[@]}"
+    cafile=$work/$server-callgrind-data/ca/root.pem
   fi
   pid=$REPLY
   url="https://$name:$port/"
@@ -1097,7 +1107,7 @@ done
 # Once: instruction counts do not vary between rounds (and under valgrind they take long).
 if measures i && [ "$callgrind_ok" = 1 ]; then
   say "i. instructions per request (callgrind, $cg_requests requests on 1 connection; valgrind is slow)"
-  for s in pingora edge; do
+  for s in pingora edge edge-nolog; do
     if wants "$s"; then run_callgrind "$s" || say "i $s: no result"; fi
   done
 fi
