@@ -287,15 +287,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
                 return None;
             }
         };
-        let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive(keepalive);
-        session.set_keepalive_reuses_remaining(reuses);
-        session.set_connection_user_context(user_context);
-        session.set_pipelined_prefix(head);
+        // The session is made in a block that ends before the wait (see `ConnApp::serve_h1`).
+        let served = {
+            let mut session = ServerSession::new_http1(stream);
+            session.set_keepalive(keepalive);
+            session.set_keepalive_reuses_remaining(reuses);
+            session.set_connection_user_context(user_context);
+            session.set_pipelined_prefix(head);
+            self.inner.process_new_http(session, shutdown)
+        };
         // A connection killed from outside (its tenant's WebSocket, no longer allowed) is
         // ended by `ConnApp`, which waits for the kill beside the whole HTTP/1.1 connection
-        // (Pingora's keep-alive loop runs inside it): no wait of its own per request.
-        self.inner.process_new_http(session, shutdown).await
+        // (its keep-alive loop, `ConnApp::serve_h1`): no wait of its own per request.
+        served.await
     }
 
     async fn http2(
