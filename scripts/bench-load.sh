@@ -639,15 +639,15 @@ if [ "$(id -u)" = 0 ]; then user_line="user root;"; fi
 
 fill bench/nginx-upstream.conf.template "$work/nginx-upstream.conf"
 fill bench/nginx-tls.conf.template "$work/nginx-tls.conf"
-edge_config edge "$edge_port" "$metrics_port" </dev/null
-if wants edge-nolog; then
-  edge_config edge-nolog "$nolog_port" "$nolog_metrics_port" <<'EOF'
-
+# What edge-nolog (and its callgrind twin) add to the template.
+nolog_yaml='
 # edge-nolog (scripts/bench-load.sh): the edge with its access log off; the difference from
 # the `edge` rows is what the access log costs.
 access_log:
-  enabled: false
-EOF
+  enabled: false'
+edge_config edge "$edge_port" "$metrics_port" </dev/null
+if wants edge-nolog; then
+  edge_config edge-nolog "$nolog_port" "$nolog_metrics_port" <<<"$nolog_yaml"
 fi
 
 nginx -p "$work/" -e "$work/nginx-upstream.startup.log" -c "$work/nginx-upstream.conf" &
@@ -949,7 +949,7 @@ run_callgrind() {
     if [ "$server" = edge ]; then
       edge_config "$server-callgrind" "$port" "$mport" </dev/null
     else
-      printf '\naccess_log:\n  enabled: false\n' | edge_config "$server-callgrind" "$port" "$mport"
+      edge_config "$server-callgrind" "$port" "$mport" <<<"$nolog_yaml"
     fi
     start_edge "$server-callgrind" "${vg[@]}"
     cafile=$work/$server-callgrind-data/ca/root.pem

@@ -169,6 +169,10 @@ impl Peek for Watched {
     }
 }
 
+/// The keep-alive Pingora gives the first session of an HTTP/1.1 connection (its `ServerApp`
+/// does the same). The wait for each next request is `timeouts.idle`, in `http/app.rs`.
+const PINGORA_KEEPALIVE_SECS: u64 = 60;
+
 /// The connection-level application of one listener, around the HTTP application.
 pub struct ConnApp<A> {
     inner: Arc<A>,
@@ -232,7 +236,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
         // about 1.4 KB).
         let first = {
             let mut session = ServerSession::new_http1(stream);
-            session.set_keepalive((!*shutdown.borrow()).then_some(60));
+            session.set_keepalive((!*shutdown.borrow()).then_some(PINGORA_KEEPALIVE_SECS));
             session.set_keepalive_reuses_remaining(
                 self.inner
                     .server_options()
@@ -351,19 +355,18 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
                 .inner
                 .server_options()
                 .is_some_and(|o| o.h2c || o.force_custom);
+        let served = async {
+            if h1 {
+                self.serve_h1(stream, shutdown).await
+            } else {
+                self.inner.process_new(stream, shutdown).await
+            }
+        };
         // `biased`: the connection first, without a random draw on every wake-up.
-        if h1 {
-            tokio::select! {
-                biased;
-                served = self.serve_h1(stream, shutdown) => served,
-                () = killed => None,
-            }
-        } else {
-            tokio::select! {
-                biased;
-                served = self.inner.process_new(stream, shutdown) => served,
-                () = killed => None,
-            }
+        tokio::select! {
+            biased;
+            served = served => served,
+            () = killed => None,
         }
     }
 
