@@ -227,8 +227,15 @@ allow:
             .expect("spawn tenant-edge");
         let mut proc = Proc { child, log };
         let deadline = Instant::now() + Duration::from_secs(20);
+        // Every listener the config names: each service starts its own (the plain-HTTP one
+        // may be up a moment after the HTTPS one).
+        let text = std::fs::read_to_string(config).unwrap_or_default();
+        let http = text.contains(&self.http.to_string()).then_some(self.http);
         loop {
-            if TcpStream::connect(self.metrics).is_ok() && TcpStream::connect(self.https).is_ok() {
+            if TcpStream::connect(self.metrics).is_ok()
+                && TcpStream::connect(self.https).is_ok()
+                && http.is_none_or(|a| TcpStream::connect(a).is_ok())
+            {
                 return proc;
             }
             if let Ok(Some(status)) = proc.child.try_wait() {
