@@ -1,7 +1,9 @@
 //! The floor for `make bench-load`: the smallest Pingora TLS proxy that does the same job as the
 //! edge in the benchmark (one static certificate, HTTP/2 and HTTP/1.1 to clients, one upstream
 //! over kept-alive HTTP/1.1, the same `X-Forwarded-*` headers) and nothing else: no certificate
-//! callback, no allow-list, no metrics, no health checks.
+//! callback, no allow-list, no metrics, no health checks. The same headers are
+//! `X-Forwarded-For`, `-Proto` and `-Host`, as nginx and HAProxy set them in the benchmark
+//! (`bench/`); tenant-edge sends `X-Request-Id` besides.
 //!
 //! scripts/bench-load.sh runs it beside nginx and tenant-edge (the `pingora` rows), so the table
 //! separates what Pingora itself costs per request from what tenant-edge adds on top of it.
@@ -78,6 +80,18 @@ impl ProxyHttp for Bare {
             req.insert_header("X-Forwarded-For", ip.ip().to_string())?;
         }
         req.insert_header("X-Forwarded-Proto", "https")?;
+        // The host as the client sent it (Host, or HTTP/2's :authority), as tenant-edge, nginx
+        // (`$http_host`) and HAProxy (`req.hdr(host)`) send it in this benchmark.
+        let host = match req.headers.get(http::header::HOST) {
+            Some(h) => Some(h.clone()),
+            None => req
+                .uri
+                .authority()
+                .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok()),
+        };
+        if let Some(host) = host {
+            req.insert_header("X-Forwarded-Host", host)?;
+        }
         Ok(())
     }
 }
