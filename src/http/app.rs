@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::protocols::http::v2::server::H2Options;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Stream;
@@ -74,13 +74,36 @@ impl<A> EdgeApp<A> {
     }
 }
 
-/// An HTTP/1.1 connection between two requests: its stream and the session settings that
-/// carry over to the next request.
-struct H1Parts {
-    stream: Stream,
-    keepalive: Option<u64>,
-    reuses: Option<u32>,
-    user_context: Option<Box<dyn std::any::Any + Send + Sync>>,
+/// The session settings an HTTP/1.1 connection carries from one request to the next, held
+/// while it waits for its next request head (the session itself is made once the head came).
+pub enum H1Settings {
+    /// Taken out of a session (the first request's, or one Pingora made).
+    Taken {
+        keepalive: Option<u64>,
+        reuses: Option<u32>,
+        user_context: Option<Box<dyn std::any::Any + Send + Sync>>,
+    },
+    /// What the previous request left (Pingora's `ReusedHttpStream`). The edge never enables
+    /// HTTP/1.1 pipelining, so these carry no bytes read past the previous request.
+    Reused(Option<HttpPersistentSettings>),
+}
+
+impl H1Settings {
+    fn apply_to(self, session: &mut ServerSession) {
+        match self {
+            H1Settings::Taken {
+                keepalive,
+                reuses,
+                user_context,
+            } => {
+                session.set_keepalive(keepalive);
+                session.set_keepalive_reuses_remaining(reuses);
+                session.set_connection_user_context(user_context);
+            }
+            H1Settings::Reused(Some(settings)) => settings.apply_to_session(session),
+            H1Settings::Reused(None) => {}
+        }
+    }
 }
 
 /// How waiting for a request head ended, when it did not produce one.
@@ -100,20 +123,31 @@ fn head_complete(buf: &[u8], from: usize) -> bool {
     let Some(first) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
         return false;
     };
+    // The usual case: a read ended with the head (the last four bytes are the end of a head
+    // that started at `first`, which is not one of them).
+    if buf.ends_with(b"\r\n\r\n") {
+        return true;
+    }
     let start = from.saturating_sub(3).max(first);
     let tail = &buf[start..];
     tail.windows(4).any(|w| w == b"\r\n\r\n") || tail.windows(2).any(|w| w == b"\n\n")
 }
 
 /// Read one request head: the first byte within `idle`, the whole head within `header` of it.
+/// A shutdown ends the wait for the first byte (the queue's wait ends then too).
 async fn read_head(
     stream: &mut Stream,
     timeouts: &TimeoutSettings,
     idle: &Arc<IdleQueue>,
-    shutdown: &ShutdownWatch,
 ) -> Result<BytesMut, NoHead> {
-    let mut shutdown = shutdown.clone();
-    if *shutdown.borrow() {
+    let ended = || {
+        if idle.is_shut_down() {
+            NoHead::Shutdown
+        } else {
+            NoHead::Idle
+        }
+    };
+    if idle.is_shut_down() {
         return Err(NoHead::Shutdown);
     }
     // The idle wait is an entry in the application's deadline queue, not a timer per request
@@ -127,16 +161,15 @@ async fn read_head(
             Err(_) => return Err(NoHead::Gone),
             Ok(buf) => buf,
         },
-        () = idle.wait() => return Err(NoHead::Idle),
-        _ = shutdown.changed() => return Err(NoHead::Shutdown),
+        () = idle.wait() => return Err(ended()),
     };
+    // Most heads come whole in their first read: then no clock is read here.
+    if head_complete(&buf, 0) {
+        return Ok(buf);
+    }
     let deadline = Instant::now() + timeouts.header;
-    let mut scanned = 0;
     loop {
-        if head_complete(&buf, scanned) {
-            return Ok(buf);
-        }
-        scanned = buf.len();
+        let scanned = buf.len();
         if buf.len() >= MAX_HEAD {
             return Err(NoHead::TooBig);
         }
@@ -149,6 +182,9 @@ async fn read_head(
             Err(_) => return Err(NoHead::Slow),
             Ok(Ok(0)) | Ok(Err(_)) => return Err(NoHead::Gone),
             Ok(Ok(_)) => {}
+        }
+        if head_complete(&buf, scanned) {
+            return Ok(buf);
         }
     }
 }
@@ -234,33 +270,32 @@ impl BodyClock {
 impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
     /// What an HTTP/1.1 request's wait needs from the session Pingora handed over, taken out
     /// of it at once (see `process_new_http`). `None`: not an HTTP/1.1 session.
-    fn h1_parts(&self, mut session: ServerSession) -> Option<H1Parts> {
+    fn h1_parts(&self, mut session: ServerSession) -> Option<(Stream, H1Settings)> {
         let keepalive = session.get_keepalive();
         let reuses = session.get_keepalive_reuses_remaining();
         let user_context = session.take_connection_user_context();
         let ServerSession::H1(h1) = session else {
             return None;
         };
-        Some(H1Parts {
-            stream: h1.into_inner(),
+        let settings = H1Settings::Taken {
             keepalive,
             reuses,
             user_context,
-        })
+        };
+        Some((h1.into_inner(), settings))
     }
 
-    async fn http1(
+    /// One HTTP/1.1 request of a connection: its head read here (bounded), then the session
+    /// made with `settings` and handed to the application. `ConnApp` runs the keep-alive loop
+    /// over this, so that no session is made before a request came.
+    pub async fn http1(
         self: &Arc<Self>,
-        parts: H1Parts,
+        mut stream: Stream,
+        settings: H1Settings,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let H1Parts {
-            mut stream,
-            keepalive,
-            reuses,
-            user_context,
-        } = parts;
-        let head = match read_head(&mut stream, &self.timeouts, &self.idle, shutdown).await {
+        self.idle.watch_shutdown(shutdown);
+        let head = match read_head(&mut stream, &self.timeouts, &self.idle).await {
             Ok(head) => head,
             Err(why) => {
                 let reason = match why {
@@ -287,12 +322,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
                 return None;
             }
         };
-        // The session is made in a block that ends before the wait (see `ConnApp::serve_h1`).
+        // The session is made in a block that ends before the wait: a local alive across an
+        // `.await`, even one moved out, keeps its room in the future (a `ServerSession` is
+        // about 1.4 KB).
         let served = {
             let mut session = ServerSession::new_http1(stream);
-            session.set_keepalive(keepalive);
-            session.set_keepalive_reuses_remaining(reuses);
-            session.set_connection_user_context(user_context);
+            settings.apply_to(&mut session);
             session.set_pipelined_prefix(head);
             self.inner.process_new_http(session, shutdown)
         };
@@ -364,7 +399,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeApp<A> {
     {
         match session {
             ServerSession::H1(_) => match self.h1_parts(session) {
-                Some(parts) => Box::pin(self.http1(parts, shutdown)),
+                Some((stream, settings)) => Box::pin(self.http1(stream, settings, shutdown)),
                 None => Box::pin(std::future::ready(None)),
             },
             session if session.is_http2() => Box::pin(self.http2(session, shutdown)),

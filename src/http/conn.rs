@@ -8,10 +8,12 @@
 //!   closed (Pingora would wait for ever), and a connection Pingora closed for being idle is
 //!   counted as `h2_idle_timeout`.
 //! - A connection killed from outside (a client reset flood) is closed.
-//! - HTTP/1.1: the keep-alive loop over `process_new_http` is run here (`serve_h1`) rather than
+//! - HTTP/1.1: the keep-alive loop is run here (`serve_h1`, over `EdgeApp::http1`) rather than
 //!   by Pingora's `ServerApp` for HTTP applications, whose one future serves both protocols and
-//!   is sized for HTTP/2's handshake and stream loop: a 3.8 KB allocation every HTTP/1.1
-//!   connection held for its whole life (heaptrack, `make bench-load` row m).
+//!   is sized for HTTP/2's handshake and stream loop (a 3.8 KB allocation every HTTP/1.1
+//!   connection held for its whole life: heaptrack, `make bench-load` row m), and which makes
+//!   a session for each request before its head came, which the edge, reading heads itself,
+//!   would take apart again (callgrind: a few hundred instructions per request).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
 use pingora::protocols::tls::TlsRef;
@@ -31,6 +32,7 @@ use pingora::protocols::{
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::http::app::{EdgeApp, H1Settings};
 use crate::http::timeouts::TimeoutSettings;
 use crate::limits::connections::{CloseReason, Connection, Connections, Listener, Protocol};
 use crate::tls::accept::{accept_proxy_header, connection_key, ProxyProtocol};
@@ -201,7 +203,7 @@ impl<A> ConnApp<A> {
     }
 }
 
-impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<EdgeApp<A>> {
     /// Plain HTTP: PROXY protocol where configured, then admission. `None`: refused (counted).
     async fn admit_plain(&self, stream: Stream) -> Option<(Stream, Arc<Connection>)> {
         let mut l4: Box<L4Stream> = stream.into_any().downcast::<L4Stream>().ok()?;
@@ -225,35 +227,26 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
     /// HTTP/1.1 keep-alive, as Pingora's `ServerApp` runs it for an HTTP application (the
     /// first request keeps the connection open for 60 s unless the server is shutting down;
     /// each reused stream carries its settings into the next session), without the HTTP/2 half
-    /// of that future.
+    /// of that future, and with each session made only once its request head came
+    /// (`EdgeApp::http1`; Pingora would make one to wait in, and the edge another).
     async fn serve_h1(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // Each session is made in a block that ends before the wait: a local alive across an
-        // `.await`, even one moved out, keeps its room in the future (a `ServerSession` is
-        // about 1.4 KB).
-        let first = {
-            let mut session = ServerSession::new_http1(stream);
-            session.set_keepalive((!*shutdown.borrow()).then_some(PINGORA_KEEPALIVE_SECS));
-            session.set_keepalive_reuses_remaining(
-                self.inner
-                    .server_options()
-                    .and_then(|o| o.keepalive_request_limit),
-            );
-            self.inner.process_new_http(session, shutdown)
+        let first = H1Settings::Taken {
+            keepalive: (!*shutdown.borrow()).then_some(PINGORA_KEEPALIVE_SECS),
+            reuses: self
+                .inner
+                .server_options()
+                .and_then(|o| o.keepalive_request_limit),
+            user_context: None,
         };
-        let mut served = first.await;
+        // Boxed: the request's future is not held in this one between requests.
+        let mut served = Box::pin(self.inner.http1(stream, first, shutdown)).await;
         while let Some((stream, settings)) = served.map(|r| r.consume()) {
-            let next = {
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(settings) = settings {
-                    settings.apply_to_session(&mut session);
-                }
-                self.inner.process_new_http(session, shutdown)
-            };
-            served = next.await;
+            let settings = H1Settings::Reused(settings);
+            served = Box::pin(self.inner.http1(stream, settings, shutdown)).await;
         }
         None
     }
@@ -314,7 +307,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ConnApp<A> {
 }
 
 #[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for ConnApp<EdgeApp<A>> {
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,

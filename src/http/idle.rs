@@ -12,10 +12,15 @@
 //! the waiting connections (plus a few), and the slots within the most connections that ever
 //! waited at once (bounded by `limits.connections.max`). Waits ended by the timeout are
 //! counted where the connection closes (`tenant_edge_connections_closed_total{reason="idle_timeout"}`).
+//!
+//! The queue also ends every wait when the process shuts down ([`IdleQueue::shut_down`], from
+//! one task per queue watching Pingora's shutdown signal), so that a wait for a request needs
+//! no shutdown wait of its own (a registration with the signal and its removal per request).
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -27,6 +32,10 @@ use tokio::time::Instant;
 pub struct IdleQueue {
     idle: Duration,
     inner: Mutex<Inner>,
+    /// Set once, by `shut_down`: every wait ends at once, and every later one at its start.
+    shut_down: AtomicBool,
+    /// Whether a task watches the shutdown signal for this queue (`watch_shutdown`).
+    watching: AtomicBool,
 }
 
 #[derive(Default)]
@@ -57,7 +66,51 @@ impl IdleQueue {
         Arc::new(IdleQueue {
             idle,
             inner: Mutex::new(Inner::default()),
+            shut_down: AtomicBool::new(false),
+            watching: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the process is shutting down (`shut_down` was called).
+    pub fn is_shut_down(&self) -> bool {
+        self.shut_down.load(Ordering::Acquire)
+    }
+
+    /// End every wait now, and every later one as it starts: the process is shutting down.
+    pub fn shut_down(&self) {
+        let mut wake = Vec::new();
+        {
+            let mut q = self.lock();
+            self.shut_down.store(true, Ordering::Release);
+            let Inner { slots, live, .. } = &mut *q;
+            for s in slots.iter_mut().filter(|s| s.waiting) {
+                s.waiting = false;
+                s.expired = true;
+                *live -= 1;
+                wake.extend(s.waker.take());
+            }
+        }
+        for w in wake {
+            w.wake();
+        }
+    }
+
+    /// The first call (per queue) spawns the task that calls `shut_down` when `shutdown`
+    /// (Pingora's signal, the same for every connection) turns true; later calls do nothing.
+    pub fn watch_shutdown(self: &Arc<Self>, shutdown: &tokio::sync::watch::Receiver<bool>) {
+        if self.watching.load(Ordering::Relaxed) || self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let queue = Arc::downgrade(self);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            // Ends with the signal's sender too (the server is gone: nothing waits any more).
+            if shutdown.wait_for(|&down| down).await.is_ok() {
+                if let Some(queue) = queue.upgrade() {
+                    queue.shut_down();
+                }
+            }
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -92,10 +145,17 @@ impl IdleQueue {
             }
         };
         let s = &mut q.slots[slot as usize];
+        let generation = s.generation;
+        if self.shut_down.load(Ordering::Acquire) {
+            // Shut down between the wait's first look and here: it ends at once.
+            s.waiting = false;
+            s.expired = true;
+            waker.wake_by_ref();
+            return (slot, generation);
+        }
         s.waiting = true;
         s.expired = false;
         s.waker = Some(waker.clone());
-        let generation = s.generation;
         q.order.push_back((deadline, slot, generation));
         q.live += 1;
         if !q.sweeping {
@@ -202,6 +262,7 @@ impl Future for IdleWait {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         match self.key {
+            None if self.queue.is_shut_down() => Poll::Ready(()),
             None => {
                 let key = self.queue.add(cx.waker());
                 self.key = Some(key);
@@ -276,6 +337,41 @@ mod tests {
         }
         assert_eq!(q.waiting(), (0, 0));
         assert!(!q.lock().sweeping, "the sweeper ends with the queue empty");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_ends_every_wait_and_each_later_one_at_once() {
+        let q = IdleQueue::new(Duration::from_secs(60));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        q.watch_shutdown(&rx);
+        q.watch_shutdown(&rx); // once per queue: a second call spawns nothing
+        let waits: Vec<_> = (0..3)
+            .map(|_| {
+                let q = q.clone();
+                tokio::spawn(async move { q.wait().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(q.waiting().0, 3);
+        assert!(!q.is_shut_down());
+        let started = tokio::time::Instant::now();
+        tx.send(true).unwrap();
+        for w in waits {
+            w.await.unwrap();
+        }
+        assert!(q.is_shut_down());
+        assert_eq!(q.waiting().0, 0);
+        // Ended by the shutdown, not by their 60 s.
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // A wait begun after the shutdown ends at its first poll, and leaves nothing queued.
+        let waker = Waker::noop().clone();
+        let mut late = Box::pin(q.wait());
+        assert!(late
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready());
+        drop(late);
+        assert_eq!(q.waiting().0, 0);
     }
 
     #[tokio::test(start_paused = true)]

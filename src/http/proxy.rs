@@ -5,8 +5,9 @@
 //! no Host (400), a Host that is not the connection's TLS name (421, RFC 9110 §15.5.20),
 //! a name that is no longer allowed (421; resumed sessions skip the certificate callback,
 //! so the allow-list is re-checked per request). Then the normal path: pick the pool by Host,
-//! a healthy backend (retrying a connect failure once on another backend), forward with the
-//! forwarding headers `http::forwarded` writes. Shared state lives on `&self`; per-request
+//! a healthy backend (retrying a connect failure once on another backend; an idempotent
+//! request whose kept-alive upstream connection turned out closed is retried on a new one, to
+//! any backend), forward with the forwarding headers `http::forwarded` writes. Shared state lives on `&self`; per-request
 //! state in `RequestCtx`.
 
 use std::net::SocketAddr;
@@ -28,7 +29,7 @@ use crate::http::app::BodyClock;
 use crate::http::deadline::{Deadline, Late};
 use crate::http::forwarded::{self, ForwardingSettings};
 use crate::http::host::{request_host, strip_port};
-use crate::http::request_id::{request_id, X_REQUEST_ID};
+use crate::http::request_id::{RequestId, X_REQUEST_ID};
 use crate::http::timeouts::TimeoutSettings;
 use crate::http::upstream::Upstreams;
 use crate::limits::connections::{CloseReason, Connections};
@@ -75,18 +76,24 @@ const BODY_TOO_SLOW: &str = "body_too_slow";
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
+    /// An upgrade request (WebSocket), as `early_request_filter` found (a header lookup once).
+    upgrade: bool,
     /// The connection's TLS digest (its `ConnName`), once the request was checked.
     ssl: Option<Arc<SslDigest>>,
     host: Option<Domain>,
     pool: Option<usize>,
-    /// Backends already tried for this request (a connect failure moves on to another).
-    tried: Vec<SocketAddr>,
+    /// The backend of the latest attempt.
+    upstream: Option<SocketAddr>,
+    /// The backend a connect failed to, which the one retry skips. A retry after a kept-alive
+    /// connection failed (the backend closed it as it was reused) may pick the same backend:
+    /// with one kamal-proxy behind the edge, that is the only one there is.
+    connect_failed: Option<SocketAddr>,
     /// When the first byte of the request body came, and how many bytes came since.
     body: Option<(Instant, u64)>,
     /// The pool's head and body deadlines, when they differ (a watchdog enforces them).
     split_deadlines: Option<(Duration, Duration)>,
     deadline: Option<Deadline>,
-    request_id: Option<HeaderValue>,
+    request_id: Option<RequestId>,
     /// Why the edge answered the request itself (`requests_refused_total{reason}`).
     refusal: Option<&'static str>,
     upstream_status: Option<u16>,
@@ -134,10 +141,12 @@ impl ProxyHttp for EdgeProxy {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             started: Instant::now(),
+            upgrade: false,
             ssl: None,
             host: None,
             pool: None,
-            tried: Vec::new(),
+            upstream: None,
+            connect_failed: None,
             body: None,
             split_deadlines: None,
             deadline: None,
@@ -150,13 +159,14 @@ impl ProxyHttp for EdgeProxy {
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let t = &self.policy.timeouts;
+        ctx.upgrade = session.is_upgrade_req();
         // HTTP/1.1: no byte of the body for `body`; both: no progress writing for `send`. An
         // upgrade (WebSocket) gets its pool's `upgrade_timeout` in `upstream_peer` instead:
         // after the 101, this read timeout is the client side's idle timeout.
-        if !session.is_upgrade_req() {
+        if !ctx.upgrade {
             session.set_read_timeout(Some(t.body));
         }
         session.set_write_timeout(Some(t.send));
@@ -171,23 +181,23 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let t = &self.policy.timeouts;
-        let len = body.as_ref().map_or(0, |b| b.len() as u64);
-        let (started, bytes) = ctx.body.get_or_insert_with(|| (Instant::now(), 0));
-        *bytes += len;
-        let elapsed = started.elapsed();
-        // An upgraded connection (WebSocket) carries messages, not a body: no rate applies.
-        if !end_of_stream
-            && !session.is_upgrade_req()
-            && t.body_min_rate > 0
-            && elapsed > t.body
-            && (*bytes as f64) < t.body_min_rate as f64 * elapsed.as_secs_f64()
-        {
-            return Err(Error::create(
-                ErrorType::Custom(BODY_TOO_SLOW),
-                ErrorSource::Downstream,
-                Some(format!("request body below {} bytes/s", t.body_min_rate).into()),
-                None,
-            ));
+        // The rate of a body still coming (the last chunk ends it: nothing is left to time; a
+        // request without a body, most of them, reads no clock here). An upgraded connection
+        // (WebSocket) carries messages, not a body: no rate applies.
+        if !end_of_stream && t.body_min_rate > 0 && !ctx.upgrade {
+            let now = Instant::now();
+            let (started, bytes) = ctx.body.get_or_insert((now, 0));
+            *bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+            let elapsed = now.saturating_duration_since(*started);
+            if elapsed > t.body && (*bytes as f64) < t.body_min_rate as f64 * elapsed.as_secs_f64()
+            {
+                return Err(Error::create(
+                    ErrorType::Custom(BODY_TOO_SLOW),
+                    ErrorSource::Downstream,
+                    Some(format!("request body below {} bytes/s", t.body_min_rate).into()),
+                    None,
+                ));
+            }
         }
         // HTTP/2 bodies are timed by `http::app` (Pingora has no body timeout for them).
         if let Some(clock) = session.req_header().extensions.get::<Arc<BodyClock>>() {
@@ -205,7 +215,7 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|a| a.as_inet())
             .is_some_and(|a| self.policy.forwarding.trusts(a.ip()));
         let incoming = session.req_header().headers.get(&X_REQUEST_ID);
-        ctx.request_id = Some(request_id(incoming, trusted));
+        ctx.request_id = Some(RequestId::new(incoming, trusted));
         let Some(host_header) = request_host(session.req_header()) else {
             return self
                 .refuse(
@@ -242,7 +252,7 @@ impl ProxyHttp for EdgeProxy {
         // The allow-list said yes for this connection a moment ago (its full handshake, or an
         // earlier request): do not ask again. Otherwise, and on every resumed session's first
         // request, ask it (its cache).
-        if !conn_name.allowed_within(ASKED_RECENTLY) {
+        if !conn_name.allowed_within(ctx.started, ASKED_RECENTLY) {
             if !self.manager.is_allowed(&host).await {
                 return self
                     .refuse(
@@ -256,7 +266,7 @@ impl ProxyHttp for EdgeProxy {
             }
             conn_name.note_allowed();
         }
-        if session.is_upgrade_req() {
+        if ctx.upgrade {
             // A WebSocket: closed at once if the tenant stops being allowed.
             let conn = session
                 .digest()
@@ -279,17 +289,17 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Box<HttpPeer>> {
         let pool_index = ctx.pool.unwrap_or(0);
         let host = ctx.host.as_ref().map_or("", |h| h.as_str());
-        let Some(addr) = self.upstreams.select(pool_index, host, &ctx.tried) else {
+        let Some(addr) = self.upstreams.select(pool_index, host, ctx.connect_failed) else {
             let mut e =
                 Error::explain(ErrorType::HTTPStatus(502), "no healthy backend left to try");
             e.set_retry(false);
             return Err(e);
         };
-        ctx.tried.push(addr);
+        ctx.upstream = Some(addr);
         let pool = self.upstreams.pool(pool_index);
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(pool.connect_timeout);
-        peer.options.read_timeout = Some(if session.is_upgrade_req() {
+        peer.options.read_timeout = Some(if ctx.upgrade {
             // A WebSocket: idle for as long as upgrade_timeout, on both sides.
             session.set_read_timeout(Some(pool.upgrade_timeout));
             pool.upgrade_timeout
@@ -364,8 +374,9 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // One retry, on another backend (`upstream_peer` skips those in `ctx.tried`).
-        if ctx.tried.len() < 2 {
+        // One retry, on another backend (`upstream_peer` skips `ctx.connect_failed`).
+        if ctx.connect_failed.is_none() {
+            ctx.connect_failed = ctx.upstream;
             if let Some(pool) = ctx.pool {
                 self.upstreams.pool(pool).metrics.retries.inc();
             }
@@ -422,19 +433,19 @@ impl ProxyHttp for EdgeProxy {
             (None, _) => None,
         };
         // The host as the client sent it: `:authority` (HTTP/2) or Host, like `request_host`.
+        let host_header = req.headers.get(http::header::HOST).cloned();
         let host = match req.uri.authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => req.headers.get(http::header::HOST).cloned(),
+            None => host_header.clone(),
         };
         // HTTP/2 clients send :authority, not Host; HTTP/1.1 upstreams need Host.
-        let missing_host = req.headers.get(http::header::HOST).is_none();
-        if let (true, Some(host)) = (missing_host, &host) {
+        if let (None, Some(host)) = (&host_header, &host) {
             req.insert_header(http::header::HOST, host.clone())?;
         }
         forwarded::rewrite(req, client, trusted, host)?;
         if let Some(id) = &ctx.request_id {
             // A static name: Pingora takes its spelling as it is (see `forwarded`).
-            req.insert_header("X-Request-Id", id.clone())?;
+            req.insert_header("X-Request-Id", id.header_value())?;
         }
         Ok(())
     }
@@ -525,6 +536,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
         if self.policy.access_log.wants(status) {
             let pool = ctx.pool.map(|p| self.upstreams.pool(p).name.as_str());
             self.policy.access_log.request(&request_line(
@@ -532,6 +544,7 @@ impl ProxyHttp for EdgeProxy {
                 ctx,
                 pool,
                 status,
+                elapsed,
                 self.policy.access_log.settings().query,
             ));
         }
@@ -539,7 +552,7 @@ impl ProxyHttp for EdgeProxy {
             self.upstreams
                 .pool(pool)
                 .metrics
-                .request(status, ctx.started.elapsed().as_secs_f64());
+                .request(status, elapsed.as_secs_f64());
         }
     }
 }
@@ -550,6 +563,7 @@ fn request_line<'a>(
     ctx: &'a RequestCtx,
     pool: Option<&'a str>,
     status: u16,
+    elapsed: Duration,
     with_query: bool,
 ) -> RequestLine<'a> {
     let req = session.req_header();
@@ -577,11 +591,11 @@ fn request_line<'a>(
         status: (status > 0).then_some(status),
         bytes_in: Some(session.body_bytes_read() as u64),
         bytes_out: Some(session.body_bytes_sent() as u64),
-        duration_ms: Some((ctx.started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
-        upstream: ctx.tried.last().copied(),
+        duration_ms: Some((elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+        upstream: ctx.upstream,
         pool,
         upstream_status: ctx.upstream_status,
-        request_id: ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        request_id: ctx.request_id.as_ref().map(RequestId::as_str),
         refusal: ctx.refusal,
     }
 }

@@ -12,22 +12,55 @@ const MAX_LEN: usize = 200;
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The request's id, ready to be sent upstream: `incoming` when `trusted` and made of visible
-/// ASCII (at most 200 bytes), else 32 random hex digits.
-pub fn request_id(incoming: Option<&HeaderValue>, trusted: bool) -> HeaderValue {
-    if let Some(id) = incoming.filter(|_| trusted) {
-        let b = id.as_bytes();
-        if !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|b| b.is_ascii_graphic()) {
-            return id.clone();
+/// A request's id: the trusted peer's, or one the edge made.
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    /// A trusted peer's `X-Request-Id` (visible ASCII, at most `MAX_LEN` bytes).
+    Kept(HeaderValue),
+    /// 32 random hex digits. Kept as bytes: the access log reads them as they are, and the
+    /// header upstream is made once, by `header_value`.
+    New([u8; 32]),
+}
+
+impl RequestId {
+    /// `incoming` when `trusted` and made of visible ASCII (at most 200 bytes), else 32
+    /// random hex digits.
+    pub fn new(incoming: Option<&HeaderValue>, trusted: bool) -> RequestId {
+        if let Some(id) = incoming.filter(|_| trusted) {
+            let b = id.as_bytes();
+            if !b.is_empty() && b.len() <= MAX_LEN && b.iter().all(|b| b.is_ascii_graphic()) {
+                return RequestId::Kept(id.clone());
+            }
+        }
+        let random = rand::random::<u128>().to_be_bytes();
+        let mut hex = [0u8; 32];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(random) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        RequestId::New(hex)
+    }
+
+    /// The id as the access log writes it.
+    pub fn as_str(&self) -> &str {
+        let bytes = match self {
+            RequestId::Kept(v) => v.as_bytes(),
+            RequestId::New(hex) => hex,
+        };
+        // Both are ASCII (checked, or hex digits): the fallback is never taken.
+        std::str::from_utf8(bytes).unwrap_or("-")
+    }
+
+    /// The id as the header sent upstream.
+    pub fn header_value(&self) -> HeaderValue {
+        match self {
+            RequestId::Kept(v) => v.clone(),
+            // Hex digits are a valid header value: the fallback is never taken.
+            RequestId::New(hex) => {
+                HeaderValue::from_bytes(hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
+            }
         }
     }
-    let random = rand::random::<u128>();
-    let mut hex = [0u8; 32];
-    for (i, digit) in hex.iter_mut().enumerate() {
-        *digit = HEX[((random >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    // Hex digits are a valid header value: the fallback is never taken.
-    HeaderValue::from_bytes(&hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 #[cfg(test)]
@@ -36,10 +69,10 @@ mod tests {
 
     fn id(incoming: &[u8], trusted: bool) -> String {
         let incoming = HeaderValue::from_bytes(incoming).unwrap();
-        request_id(Some(&incoming), trusted)
-            .to_str()
-            .unwrap()
-            .to_owned()
+        let id = RequestId::new(Some(&incoming), trusted);
+        // What the log writes is what goes upstream.
+        assert_eq!(id.as_str().as_bytes(), id.header_value().as_bytes());
+        id.as_str().to_owned()
     }
 
     #[test]
@@ -49,7 +82,10 @@ mod tests {
         assert_ne!(generated, "client-chosen");
         assert_eq!(generated.len(), 32);
         assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(request_id(None, false), request_id(None, false));
+        assert_ne!(
+            RequestId::new(None, false).as_str(),
+            RequestId::new(None, false).as_str()
+        );
         // Junk from a trusted peer is replaced too.
         assert_eq!(id(b"a b", true).len(), 32);
         assert_eq!(id(&[b'x'; 300], true).len(), 32);
@@ -60,7 +96,7 @@ mod tests {
     fn generated_ids_use_every_hex_digit_position() {
         // 64 ids: each of the 32 positions takes more than one value (no digit stuck at 0).
         let ids: Vec<String> = (0..64)
-            .map(|_| request_id(None, false).to_str().unwrap().to_owned())
+            .map(|_| RequestId::new(None, false).as_str().to_owned())
             .collect();
         for pos in 0..32 {
             let first = ids[0].as_bytes()[pos];

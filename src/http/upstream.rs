@@ -394,11 +394,11 @@ impl Upstreams {
         &self.pools[index]
     }
 
-    /// A healthy backend of `pool` that is not in `tried` (round robin, or consistent hashing
-    /// on `host`). When every backend is unhealthy, one of them anyway (a health check is only
+    /// A healthy backend of `pool` other than `skip` (round robin, or consistent hashing on
+    /// `host`). When every backend is unhealthy, one of them anyway (a health check is only
     /// as fresh as its interval: a restarted kamal-proxy is back before its next check) and
-    /// every backend is probed again at once. `None` when every backend was tried.
-    pub fn select(&self, pool: usize, host: &str, tried: &[SocketAddr]) -> Option<SocketAddr> {
+    /// every backend is probed again at once. `None` when `skip` is the only backend.
+    pub fn select(&self, pool: usize, host: &str, skip: Option<SocketAddr>) -> Option<SocketAddr> {
         let p = &self.pools[pool];
         let pick = |healthy_only: bool| match &p.balancer {
             Balancer::RoundRobin(_) => {
@@ -409,12 +409,12 @@ impl Upstreams {
                     .map(|i| (start.wrapping_add(i)) % n)
                     .find(|&i| {
                         (!healthy_only || h.up[i].load(Ordering::Relaxed))
-                            && !tried.contains(&h.addrs[i])
+                            && skip != Some(h.addrs[i])
                     })
                     .map(|i| h.addrs[i])
             }
             Balancer::Hash(lb) => {
-                let untried = |b: &Backend| b.addr.as_inet().is_some_and(|a| !tried.contains(a));
+                let untried = |b: &Backend| b.addr.as_inet().is_some_and(|a| skip != Some(*a));
                 let accept = |b: &Backend, healthy: bool| (healthy || !healthy_only) && untried(b);
                 lb.select_with(host.as_bytes(), 64, accept)
                     .and_then(|b| b.addr.as_inet().copied())

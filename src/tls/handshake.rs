@@ -87,12 +87,14 @@ impl ConnName {
             .as_ref()
     }
 
-    /// Whether the allow-list said yes to this connection's name less than `within` ago: a
-    /// request arriving then need not ask again.
-    pub fn allowed_within(&self, within: std::time::Duration) -> bool {
+    /// Whether the allow-list said yes to this connection's name less than `within` before
+    /// `now` (a request's start, read once for all its uses): a request arriving then need not
+    /// ask again.
+    pub fn allowed_within(&self, now: std::time::Instant, within: std::time::Duration) -> bool {
         let last = self.allowed_ms.load(std::sync::atomic::Ordering::Relaxed);
         last != u64::MAX
-            && (self.born.elapsed().as_millis() as u64) < last + within.as_millis() as u64
+            && (now.saturating_duration_since(self.born).as_millis() as u64)
+                < last + within.as_millis() as u64
     }
 
     /// The allow-list said yes to this connection's name just now.
@@ -385,16 +387,21 @@ mod tests {
     #[test]
     fn a_connection_asks_the_allow_list_at_most_once_per_window() {
         let name = Domain::parse("shop.tenant.test").unwrap();
+        let now = std::time::Instant::now;
         // A full handshake decided just now; a resumed session never did.
-        assert!(ConnName::new(name.clone(), false).allowed_within(Duration::from_secs(1)));
+        assert!(ConnName::new(name.clone(), false).allowed_within(now(), Duration::from_secs(1)));
         let resumed = ConnName::new(name, true);
         assert!(resumed.resumed);
-        assert!(!resumed.allowed_within(Duration::from_secs(1)));
+        assert!(!resumed.allowed_within(now(), Duration::from_secs(1)));
         resumed.note_allowed();
-        assert!(resumed.allowed_within(Duration::from_secs(1)));
+        assert!(resumed.allowed_within(now(), Duration::from_secs(1)));
         // The window passes: ask again.
         std::thread::sleep(Duration::from_millis(20));
-        assert!(!resumed.allowed_within(Duration::from_millis(10)));
+        assert!(!resumed.allowed_within(now(), Duration::from_millis(10)));
+        // A request that started before the yes (or before the connection) is within it.
+        let earlier = now();
+        let fresh = ConnName::new(Domain::parse("b.tenant.test").unwrap(), false);
+        assert!(fresh.allowed_within(earlier, Duration::from_millis(1)));
     }
 
     #[test]

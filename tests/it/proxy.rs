@@ -141,6 +141,92 @@ async fn a_dead_backend_is_retried_on_another_before_any_health_check() {
     assert!((1.0..=6.0).contains(&retries), "{retries}");
 }
 
+/// An upstream that answers the first request of each connection and, on the connection's
+/// next request (other than a health check), closes it unanswered: what a kept-alive
+/// connection looks like when the upstream closed it just as the edge reused it. Returns its
+/// address and the number of connections it accepted.
+fn closes_reused_connections() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            count.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut answered = 0;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    head.clear();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut byte) {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let health_check = head.starts_with(b"GET /up ");
+                    if answered > 0 && !health_check {
+                        return; // closed, the request unanswered
+                    }
+                    let reply =
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Upstream: raw\r\n\r\nok";
+                    if conn.write_all(reply).is_err() {
+                        return;
+                    }
+                    if !health_check {
+                        answered += 1;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// The only backend closed a kept-alive connection as the edge reused it: the request is
+/// sent again on a new connection to that same backend, not answered 502 for want of another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_upstream_connection_found_closed_is_retried_on_a_new_one() {
+    let setup = EdgeSetup::new();
+    let (addr, accepted) = closes_reused_connections();
+    let _edge = setup.start(&setup.config(&[addr], ""));
+    // One client connection (HTTP/1.1), so that its requests share the edge's upstream pool.
+    let client = setup.client_with(&["shop.tenant.test"], |b| b.http1_only());
+    let before = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    for i in 0..4 {
+        let (status, body, upstream) = get(&client, &setup.url("shop.tenant.test", "/")).await;
+        assert_eq!(
+            (status, body.as_str(), upstream.as_deref()),
+            (200, "ok", Some("raw")),
+            "request {i}"
+        );
+    }
+    // Every request after the first found its pooled connection closed and made a new one.
+    let made = accepted.load(std::sync::atomic::Ordering::SeqCst) - before;
+    assert!(made >= 4, "{made} upstream connections for 4 requests");
+    let m = setup.scrape();
+    assert_eq!(
+        metric(&m, "tenant_edge_upstream_retries_total", &[("pool", "app")]),
+        0.0,
+        "no connect failed: {m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tenant_edge_upstream_requests_total",
+            &[("pool", "app"), ("class", "2xx")]
+        ),
+        4.0
+    );
+}
+
 /// What the upstream saw of one request carrying spoofed forwarding headers.
 async fn forwarded_as_seen_upstream(setup: &EdgeSetup, http2: bool) -> String {
     let client = if http2 {
