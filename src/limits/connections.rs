@@ -22,6 +22,39 @@ use crate::net::cidr::client_key;
 /// Lock shards of the per-client and live-connection tables.
 const SHARDS: usize = 16;
 
+/// An odd 64-bit constant (2^64 / golden ratio) for multiplicative hashing.
+const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Hashes the keys of the live-connection table: the address of a connection's socket digest,
+/// chosen by the allocator, never by a client, so one multiplication does instead of SipHash
+/// (two per lookup, and HTTP/2 looks its connection up on every stream). The client addresses
+/// of the per-client table keep the randomised hasher.
+#[derive(Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(GOLDEN);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        // Addresses are aligned: the product's low bits alone would repeat; fold the high in.
+        let m = (n as u64).wrapping_mul(GOLDEN);
+        self.0 = m ^ (m >> 32);
+    }
+}
+
+type KeyMap<V> = HashMap<usize, V, std::hash::BuildHasherDefault<KeyHasher>>;
+
+/// The live-table shard of a connection key (the product's high bits: well mixed).
+fn key_shard(key: usize) -> usize {
+    ((key as u64).wrapping_mul(GOLDEN) >> 59) as usize % SHARDS
+}
+
 /// Tunables of [`Connections`]. `Default` is what production runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionSettings {
@@ -135,7 +168,7 @@ pub struct Connections {
     per_client: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
     /// Live connections by the key `register` was given (HTTP/2 streams find their
     /// connection this way). At most `max` entries.
-    live: [Mutex<HashMap<usize, Weak<Connection>>>; SHARDS],
+    live: [Mutex<KeyMap<Weak<Connection>>>; SHARDS],
     /// Upgraded connections (WebSockets) by the name they serve, so that a tenant no longer
     /// allowed loses them at once. Dead entries are dropped whenever a name is added.
     upgraded: Mutex<HashMap<Domain, Vec<Weak<Connection>>>>,
@@ -153,7 +186,7 @@ impl Connections {
             open: AtomicUsize::new(0),
             hasher: RandomState::new(),
             per_client: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            live: std::array::from_fn(|_| Mutex::new(KeyMap::default())),
             upgraded: Mutex::new(HashMap::new()),
             metrics,
         })
@@ -254,7 +287,7 @@ impl Connections {
 
     /// The live connection registered under `key` (see [`Connection::register`]).
     pub fn find(&self, key: usize) -> Option<Arc<Connection>> {
-        lock(&self.live[self.shard(&key)])
+        lock(&self.live[key_shard(key)])
             .get(&key)
             .and_then(Weak::upgrade)
     }
@@ -283,7 +316,7 @@ impl Connections {
         }
         let key = conn.registered.load(Ordering::Acquire);
         if key != 0 {
-            let mut live = lock(&self.live[self.shard(&key)]);
+            let mut live = lock(&self.live[key_shard(key)]);
             // Only our own entry: the key may already name a newer connection.
             if live
                 .get(&key)
@@ -375,7 +408,7 @@ impl Connection {
         }
         self.registered.store(key, Ordering::Release);
         let table = &self.table;
-        lock(&table.live[table.shard(&key)]).insert(key, Arc::downgrade(self));
+        lock(&table.live[key_shard(key)]).insert(key, Arc::downgrade(self));
     }
 
     /// What the connection speaks, once known (moves it in the open-connections gauge).
@@ -456,6 +489,29 @@ impl Drop for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aligned_connection_keys_spread_over_shards_and_buckets() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        // Addresses as the allocator hands them out: aligned, close together.
+        let keys: Vec<usize> = (0..1600).map(|i| 0x7f00_0000_0000 + i * 192).collect();
+        let mut shards = [0usize; SHARDS];
+        for &k in &keys {
+            shards[key_shard(k)] += 1;
+        }
+        assert!(
+            shards.iter().all(|&n| (50..=150).contains(&n)),
+            "{shards:?}"
+        );
+        // The low bits pick a bucket: 1,600 keys over 1,024 buckets leave few empty.
+        let build = BuildHasherDefault::<KeyHasher>::default();
+        let mut buckets = vec![0usize; 1024];
+        for &k in &keys {
+            buckets[(build.hash_one(k) as usize) % 1024] += 1;
+        }
+        let empty = buckets.iter().filter(|&&n| n == 0).count();
+        assert!(empty < 400, "{empty} of 1024 buckets empty");
+    }
 
     fn table(max: usize, per_client: usize) -> (Arc<Connections>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new().unwrap());
