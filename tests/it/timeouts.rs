@@ -144,6 +144,67 @@ async fn slow_request_heads_are_closed_at_the_header_timeout_on_both_ports() {
     assert_eq!(closed_total(&setup, "header_timeout"), 2.0);
 }
 
+/// A shutdown (SIGTERM: Pingora's grace period, then the shutdown signal) closes connections
+/// waiting for a request at once (one kept alive after a request over TLS, one on port 80 that
+/// sent nothing yet), long before their idle timeout and before the process exits (it waits
+/// `graceful_shutdown_timeout` more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_closes_idle_keep_alive_connections_before_the_process_exits() {
+    let setup = EdgeSetup::new();
+    let (_up, a) = upstream(setup.dir.path(), "a");
+    let config = setup.config(&[a], "timeouts:\n  idle: 60s\n");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace(
+        "graceful_shutdown_timeout: 1s",
+        "graceful_shutdown_timeout: 4s",
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut edge = setup.start(&config);
+    let (https, http) = (setup.https, setup.http);
+    // One request on each, then idle.
+    let mut tls = tokio::task::spawn_blocking(move || {
+        let mut s = tls_over(tcp_from("127.0.0.1", https), "shop.tenant.test", &[]);
+        s.write_all(b"GET / HTTP/1.1\r\nHost: shop.tenant.test\r\n\r\n")
+            .unwrap();
+        let (head, _) = read_response(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        s.get_ref().set_read_timeout(Some(PACE)).unwrap();
+        s
+    })
+    .await
+    .unwrap();
+    // Port 80: connected, no request yet (the wait for a first request).
+    let mut on_80 = plain(http);
+    let pid = edge.child.id().to_string();
+    let sent = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (tls_closed, http_closed) = tokio::task::spawn_blocking(move || {
+        read_until_closed(&mut tls, Duration::from_secs(20));
+        let tls_closed = sent.elapsed();
+        read_until_closed(&mut on_80, Duration::from_secs(20));
+        (tls_closed, sent.elapsed())
+    })
+    .await
+    .unwrap();
+    assert!(
+        edge.child.try_wait().unwrap().is_none(),
+        "the connections were closed only by the process exiting"
+    );
+    // The grace period (1 s) and some slack; the idle timeout is 60 s.
+    for (what, took) in [("https", tls_closed), ("http", http_closed)] {
+        assert!(
+            took < Duration::from_secs(4),
+            "{what}: closed {took:?} after SIGTERM"
+        );
+    }
+    let exited = edge.child.wait().unwrap();
+    assert!(exited.success(), "{exited}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
     let setup = EdgeSetup::new();
