@@ -106,6 +106,9 @@ impl H1Settings {
     }
 }
 
+/// A request's (or stream's) future, boxed, as `HttpServerApp::process_new_http` returns it.
+type Served<'fut> = Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'fut>>;
+
 /// How waiting for a request head ended, when it did not produce one.
 enum NoHead {
     Idle,
@@ -345,7 +348,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> EdgeApp<A> {
         self: &'this Arc<Self>,
         mut session: ServerSession,
         shutdown: &'watch ShutdownWatch,
-    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'fut>>
+    ) -> Served<'fut>
     where
         'this: 'fut,
         'watch: 'fut,
@@ -403,7 +406,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for EdgeApp<A> {
         self: &'this Arc<Self>,
         session: ServerSession,
         shutdown: &'watch ShutdownWatch,
-    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'fut>>
+    ) -> Served<'fut>
     where
         'this: 'fut,
         'watch: 'fut,

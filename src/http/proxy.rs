@@ -7,8 +7,8 @@
 //! so the allow-list is re-checked per request). Then the normal path: pick the pool by Host,
 //! a healthy backend (retrying a connect failure once on another backend; an idempotent
 //! request whose kept-alive upstream connection turned out closed is retried on a new one, to
-//! any backend), forward with the forwarding headers `http::forwarded` writes. Shared state lives on `&self`; per-request
-//! state in `RequestCtx`.
+//! any backend), forward with the forwarding headers `http::forwarded` writes. Shared state
+//! lives on `&self`; per-request state in `RequestCtx`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -101,6 +101,18 @@ fn start(setup: &EdgeSetup) -> (Proc, Proc) {
     (up, edge)
 }
 
+/// A TLS connection to `https` that made one request (answered 200) and now waits, its reads
+/// paced by `PACE`.
+fn kept_alive(https: SocketAddr) -> openssl::ssl::SslStream<std::net::TcpStream> {
+    let mut s = tls_over(tcp_from("127.0.0.1", https), "shop.tenant.test", &[]);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: shop.tenant.test\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_response(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.get_ref().set_read_timeout(Some(PACE)).unwrap();
+    s
+}
+
 fn plain(addr: SocketAddr) -> std::net::TcpStream {
     let s = tcp_from("127.0.0.1", addr);
     s.set_read_timeout(Some(PACE)).unwrap();
@@ -162,17 +174,9 @@ async fn a_shutdown_closes_idle_keep_alive_connections_before_the_process_exits(
     let mut edge = setup.start(&config);
     let (https, http) = (setup.https, setup.http);
     // One request on each, then idle.
-    let mut tls = tokio::task::spawn_blocking(move || {
-        let mut s = tls_over(tcp_from("127.0.0.1", https), "shop.tenant.test", &[]);
-        s.write_all(b"GET / HTTP/1.1\r\nHost: shop.tenant.test\r\n\r\n")
-            .unwrap();
-        let (head, _) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        s.get_ref().set_read_timeout(Some(PACE)).unwrap();
-        s
-    })
-    .await
-    .unwrap();
+    let mut tls = tokio::task::spawn_blocking(move || kept_alive(https))
+        .await
+        .unwrap();
     // Port 80: connected, no request yet (the wait for a first request).
     let mut on_80 = plain(http);
     let pid = edge.child.id().to_string();
@@ -212,12 +216,7 @@ async fn idle_keep_alive_connections_are_closed_at_the_idle_timeout() {
     let prober = Prober::start(&setup);
     let (https, http) = (setup.https, setup.http);
     let after_request = tokio::task::spawn_blocking(move || {
-        let mut s = tls_over(tcp_from("127.0.0.1", https), "shop.tenant.test", &[]);
-        s.write_all(b"GET / HTTP/1.1\r\nHost: shop.tenant.test\r\n\r\n")
-            .unwrap();
-        let (head, _) = read_response(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        s.get_ref().set_read_timeout(Some(PACE)).unwrap();
+        let mut s = kept_alive(https);
         let idle = Instant::now();
         read_until_closed(&mut s, Duration::from_secs(10));
         idle.elapsed()
