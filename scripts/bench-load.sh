@@ -37,13 +37,16 @@
 #       the second batch opens (the first one also pays for first pages and per-thread caches,
 #       and varies with what ran before); first round only (not for edge-nolog: the access
 #       log idles too); target for the edge: at most 20,000 bytes
-#   i.  instructions per request (once; pingora, edge and edge-nolog): a separate instance of
-#       each under `valgrind --tool=callgrind --instr-atstart=no` (own ports; the edges: own
-#       config and data dir, access log as default or off), warmed by curl and 200 requests, then
-#       instrumentation on (callgrind_control -i on) for exactly BENCH_CALLGRIND_REQUESTS
-#       HTTP/1.1 keep-alive requests on one connection (h2load --h1 -c 1 -m 1), off, dumped;
-#       then the same over HTTP/2 (h2load -c 1 -m 10). Instructions (Ir) / requests; callgrind
-#       runs the threads one at a time, which changes no instruction count. Target: edge /
+#   i.  instructions per request (once; nginx, pingora, edge and edge-nolog): a separate
+#       instance of each under `valgrind --tool=callgrind --instr-atstart=no` (own ports; nginx
+#       as one process; the edges: own config and data dir, access log as default or off),
+#       warmed by curl and 200 requests, then instrumentation on (callgrind_control -i on) for
+#       exactly BENCH_CALLGRIND_REQUESTS HTTP/1.1 keep-alive requests on one connection
+#       (h2load --h1 -c 1 -m 1), off, dumped; then the same over HTTP/2 (h2load -c 1 -m 10);
+#       then BENCH_CALLGRIND_HANDSHAKES (100) connections of one request each, every one a full
+#       handshake (the handshake's instructions, where CPU figures are noisy). Instructions
+#       (Ir) / requests; callgrind runs the threads one at a time, which changes no
+#       instruction count. Target: edge /
 #       pingora at most 1.05 (HTTP/1.1; HTTP/2 and edge-nolog reported: nginx and HAProxy
 #       run with no log, so edge-nolog is the like-for-like row). Skipped without valgrind
 #   k.  10,000 cached certificates (once): a separate edge (own ports and data dir, access log
@@ -103,6 +106,7 @@ measurements=${BENCH_ONLY:-a1 a2 b c m i k}
 idle=${BENCH_IDLE:-2000}
 pingora_mode=${BENCH_PINGORA_MODE:-percore lean timeouts}
 cg_requests=${BENCH_CALLGRIND_REQUESTS:-2000}
+cg_handshakes=${BENCH_CALLGRIND_HANDSHAKES:-100}
 cert_names=${BENCH_CERTS:-10000}
 hs_threads=${BENCH_HANDSHAKE_THREADS:-4}
 wants() { case " $servers " in *" $1 "*) return 0 ;; esac; return 1; }
@@ -263,7 +267,8 @@ render_extra() { # dir
       }' "$dir/idle.tsv" || rc=3
   fi
   if [ -s "$dir/callgrind.tsv" ]; then
-    # callgrind.tsv: server, protocol (h1, h2), instructions (Ir), requests
+    # callgrind.tsv: server, protocol (h1, h2, hs: one connection per request), instructions
+    # (Ir), requests
     awk -F '\t' '
       { ir[$1, $2] = $3; n[$1, $2] = $4 }
       function per(s, p) { return ((s, p) in ir) && n[s, p] > 0 ? ir[s, p] / n[s, p] : -1 }
@@ -289,6 +294,28 @@ render_extra() { # dir
         }
         print "(instructions of the whole process, every thread, while the requests ran, over the requests;"
         print "one full TLS handshake included; the target applies to HTTP/1.1, HTTP/2 is reported)"
+        # nginx (one process) and the handshakes: reported, no target (the targets are on CPU).
+        if (per("nginx", "h1") >= 0 || per("edge", "hs") >= 0) {
+          print ""
+          printf "%-46s %-10s %12s %12s %12s\n", "i.  nginx, and full handshakes (callgrind)", "server", "instr", "edge/nginx", "edge/pingora"
+          split("h1 h2 hs", protos, " ")
+          for (p = 1; p <= 3; p++) {
+            pr = protos[p]
+            label = pr == "h1" ? "per HTTP/1.1 request" : pr == "h2" ? "per HTTP/2 request" : "per connection: full handshake + 1 request"
+            first = 1
+            split("nginx pingora edge edge-nolog", ss, " ")
+            for (k = 1; k <= 4; k++) {
+              sv = ss[k]
+              if (per(sv, pr) < 0) continue
+              rn = per("nginx", pr) > 0 && sv != "nginx" ? sprintf("%.2f", per(sv, pr) / per("nginx", pr)) : "-"
+              rp = per("pingora", pr) > 0 && sv ~ /^edge/ ? sprintf("%.2f", per(sv, pr) / per("pingora", pr)) : "-"
+              printf "%-46s %-10s %12.0f %12s %12s\n", (first ? label : ""), sv, per(sv, pr), rn, rp
+              first = 0
+            }
+          }
+          print "(nginx: one process, master_process off; handshakes: h2load --h1, one connection per request,"
+          print "no session resumed, ECDSA P-256; nginx links Debian'"'"'s OpenSSL, Pingora and the edge the vendored one)"
+        }
         exit (fails > 0 ? 3 : 0)
       }' "$dir/callgrind.tsv" || rc=3
   fi
@@ -932,9 +959,11 @@ callgrind_phase() {
   REPLY=$(awk '/^totals:/ {t += $2; seen = 1} /^summary:/ {s += $2} END {printf "%.0f", (seen ? t : s)}' "$dump")
 }
 
-# run_callgrind server (pingora | edge | edge-nolog): a separate instance under callgrind, own
-# ports (the edges: own config and data dir, the access log as by default or off), into
-# callgrind.tsv.
+# run_callgrind server (nginx | pingora | edge | edge-nolog): a separate instance under
+# callgrind, own ports (nginx: one process, `master_process off`, its own pid and logs; the
+# edges: own config and data dir, the access log as by default or off), into callgrind.tsv:
+# HTTP/1.1 and HTTP/2 requests on one connection, then $cg_handshakes connections of one
+# request each (h2load never resumes a session: each is a full handshake).
 run_callgrind() {
   local server=$1 port mport pid cafile url
   local vg=(valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$work/callgrind.$server.%p")
@@ -942,6 +971,16 @@ run_callgrind() {
   port=$REPLY
   if [ "$server" = pingora ]; then
     start_bare "$port" "$work/pingora-callgrind.log" "${vg[@]}"
+    cafile=$work/nginx-pki/ca.pem
+  elif [ "$server" = nginx ]; then
+    # The benchmark's nginx, as one process (valgrind follows no worker), on its own port.
+    fill bench/nginx-tls.conf.template "$work/nginx-callgrind.conf" -e "s|@NGINX_PORT@|$port|g" \
+      -e 's|^master_process on;|master_process off;|' -e 's|^worker_processes 2;|worker_processes 1;|' \
+      -e 's|nginx-tls\.|nginx-callgrind.|g'
+    "${vg[@]}" nginx -p "$work/" -e "$work/nginx-callgrind.startup.log" -c "$work/nginx-callgrind.conf" \
+      >"$work/nginx-callgrind.log" 2>&1 &
+    REPLY=$!
+    pids+=("$REPLY")
     cafile=$work/nginx-pki/ca.pem
   else
     free_port
@@ -975,6 +1014,12 @@ run_callgrind() {
     if callgrind_phase "$server" "$pid" h2 2 -n "$cg_requests" -c 1 -m 10 "$url"; then
       printf '%s\th2\t%s\t%s\n' "$server" "$REPLY" "$cg_requests" >>"$results/callgrind.tsv"
       say "i $server HTTP/2: $((REPLY / cg_requests)) instructions per request"
+    fi
+    # One connection per request: callgrind_phase checks for $cg_requests answers.
+    local cg_requests=$cg_handshakes
+    if callgrind_phase "$server" "$pid" hs 3 --h1 -n "$cg_handshakes" -c "$cg_handshakes" -m 1 "$url"; then
+      printf '%s\ths\t%s\t%s\n' "$server" "$REPLY" "$cg_handshakes" >>"$results/callgrind.tsv"
+      say "i $server full handshakes: $((REPLY / cg_handshakes)) instructions per connection"
     fi
   else
     rc=1
@@ -1107,7 +1152,7 @@ done
 # Once: instruction counts do not vary between rounds (and under valgrind they take long).
 if measures i && [ "$callgrind_ok" = 1 ]; then
   say "i. instructions per request (callgrind, $cg_requests requests on 1 connection; valgrind is slow)"
-  for s in pingora edge edge-nolog; do
+  for s in nginx pingora edge edge-nolog; do
     if wants "$s"; then run_callgrind "$s" || say "i $s: no result"; fi
   done
 fi

@@ -73,6 +73,19 @@ const ASKED_RECENTLY: Duration = Duration::from_secs(1);
 /// `ErrorType::Custom` of a request body slower than `timeouts.body_min_rate`.
 const BODY_TOO_SLOW: &str = "body_too_slow";
 
+/// The per-request state of a body still coming, a failed connect or split deadlines.
+#[derive(Default)]
+struct RareCtx {
+    /// The backend a connect failed to, which the one retry skips. A retry after a kept-alive
+    /// connection failed (the backend closed it as it was reused) may pick the same backend:
+    /// with one kamal-proxy behind the edge, that is the only one there is.
+    connect_failed: Option<SocketAddr>,
+    /// When the first byte of the request body came, and how many bytes came since.
+    body: Option<(Instant, u64)>,
+    /// The watchdog of the pool's head and body deadlines, when they differ.
+    deadline: Option<Deadline>,
+}
+
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
@@ -84,19 +97,24 @@ pub struct RequestCtx {
     pool: Option<usize>,
     /// The backend of the latest attempt.
     upstream: Option<SocketAddr>,
-    /// The backend a connect failed to, which the one retry skips. A retry after a kept-alive
-    /// connection failed (the backend closed it as it was reused) may pick the same backend:
-    /// with one kamal-proxy behind the edge, that is the only one there is.
-    connect_failed: Option<SocketAddr>,
-    /// When the first byte of the request body came, and how many bytes came since.
-    body: Option<(Instant, u64)>,
-    /// The pool's head and body deadlines, when they differ (a watchdog enforces them).
-    split_deadlines: Option<(Duration, Duration)>,
-    deadline: Option<Deadline>,
+    /// What few requests need, apart: Pingora's request future holds the context by value
+    /// (in more than one of its nested futures), and copies that future once per request, so
+    /// every byte here is paid on every request (callgrind: about 3 instructions a byte).
+    rare: Option<Box<RareCtx>>,
     request_id: Option<RequestId>,
     /// Why the edge answered the request itself (`requests_refused_total{reason}`).
     refusal: Option<&'static str>,
     upstream_status: Option<u16>,
+}
+
+impl RequestCtx {
+    fn connect_failed(&self) -> Option<SocketAddr> {
+        self.rare.as_ref().and_then(|r| r.connect_failed)
+    }
+
+    fn deadline(&self) -> Option<&Deadline> {
+        self.rare.as_ref().and_then(|r| r.deadline.as_ref())
+    }
 }
 
 impl EdgeProxy {
@@ -146,10 +164,7 @@ impl ProxyHttp for EdgeProxy {
             host: None,
             pool: None,
             upstream: None,
-            connect_failed: None,
-            body: None,
-            split_deadlines: None,
-            deadline: None,
+            rare: None,
             request_id: None,
             refusal: None,
             upstream_status: None,
@@ -186,7 +201,8 @@ impl ProxyHttp for EdgeProxy {
         // (WebSocket) carries messages, not a body: no rate applies.
         if !end_of_stream && t.body_min_rate > 0 && !ctx.upgrade {
             let now = Instant::now();
-            let (started, bytes) = ctx.body.get_or_insert((now, 0));
+            let rare = ctx.rare.get_or_insert_with(Box::default);
+            let (started, bytes) = rare.body.get_or_insert((now, 0));
             *bytes += body.as_ref().map_or(0, |b| b.len() as u64);
             let elapsed = now.saturating_duration_since(*started);
             if elapsed > t.body && (*bytes as f64) < t.body_min_rate as f64 * elapsed.as_secs_f64()
@@ -289,7 +305,10 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Box<HttpPeer>> {
         let pool_index = ctx.pool.unwrap_or(0);
         let host = ctx.host.as_ref().map_or("", |h| h.as_str());
-        let Some(addr) = self.upstreams.select(pool_index, host, ctx.connect_failed) else {
+        let Some(addr) = self
+            .upstreams
+            .select(pool_index, host, ctx.connect_failed())
+        else {
             let mut e =
                 Error::explain(ErrorType::HTTPStatus(502), "no healthy backend left to try");
             e.set_retry(false);
@@ -303,10 +322,9 @@ impl ProxyHttp for EdgeProxy {
             // A WebSocket: idle for as long as upgrade_timeout, on both sides.
             session.set_read_timeout(Some(pool.upgrade_timeout));
             pool.upgrade_timeout
-        } else if pool.response_timeout == pool.body_timeout {
-            pool.response_timeout
         } else {
-            ctx.split_deadlines = Some((pool.response_timeout, pool.body_timeout));
+            // Split deadlines (a watchdog enforces each, `connected_to_upstream`): the
+            // longer one is the connection's.
             pool.response_timeout.max(pool.body_timeout)
         });
         Ok(Box::new(peer))
@@ -322,8 +340,11 @@ impl ProxyHttp for EdgeProxy {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some((head, body)) = ctx.split_deadlines {
-            ctx.deadline = Deadline::watch(fd, head, body);
+        let pool = ctx.pool.map(|p| self.upstreams.pool(p));
+        if let Some(pool) = pool.filter(|p| !ctx.upgrade && p.response_timeout != p.body_timeout) {
+            if let Some(d) = Deadline::watch(fd, pool.response_timeout, pool.body_timeout) {
+                ctx.rare.get_or_insert_with(Box::default).deadline = Some(d);
+            }
         }
         Ok(())
     }
@@ -335,7 +356,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.upstream_status = Some(upstream_response.status.as_u16());
-        if let Some(d) = &ctx.deadline {
+        if let Some(d) = ctx.deadline() {
             d.head_received();
         }
         Ok(())
@@ -361,7 +382,7 @@ impl ProxyHttp for EdgeProxy {
         _end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        if let Some(d) = &ctx.deadline {
+        if let Some(d) = ctx.deadline() {
             d.body_received();
         }
         Ok(None)
@@ -375,8 +396,8 @@ impl ProxyHttp for EdgeProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         // One retry, on another backend (`upstream_peer` skips `ctx.connect_failed`).
-        if ctx.connect_failed.is_none() {
-            ctx.connect_failed = ctx.upstream;
+        if ctx.connect_failed().is_none() {
+            ctx.rare.get_or_insert_with(Box::default).connect_failed = ctx.upstream;
             if let Some(pool) = ctx.pool {
                 self.upstreams.pool(pool).metrics.retries.inc();
             }
@@ -395,7 +416,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         // A deadline that passed is an answer (504), not a broken pooled connection to retry.
-        let late = ctx.deadline.as_ref().and_then(Deadline::fired).is_some()
+        let late = ctx.deadline().and_then(Deadline::fired).is_some()
             || matches!(e.etype(), ErrorType::ReadTimedout);
         if late
             || !session.req_header().method.is_idempotent()
@@ -468,7 +489,7 @@ impl ProxyHttp for EdgeProxy {
                     if matches!(
                         e.etype(),
                         ErrorType::ReadTimedout | ErrorType::ConnectTimedout
-                    ) || ctx.deadline.as_ref().and_then(Deadline::fired) == Some(Late::Head) =>
+                    ) || ctx.deadline().and_then(Deadline::fired) == Some(Late::Head) =>
                 {
                     504
                 }
@@ -574,8 +595,8 @@ fn request_line<'a>(
     } else {
         Some(req.uri.path())
     };
-    RequestLine {
-        event: "request",
+    // The fields of the connection, the same for each of its requests.
+    let connection = || RequestLine {
         client_inet: session.client_addr().and_then(|a| a.as_inet()).copied(),
         client: session
             .client_addr()
@@ -585,6 +606,19 @@ fn request_line<'a>(
         tls_version: ssl.map(|s| s.version.as_ref()),
         alpn: Some(if session.is_http2() { "h2" } else { "http/1.1" }),
         resumed: conn.map(|c| c.resumed),
+        ..RequestLine::default()
+    };
+    let (rendered, fields) = match conn {
+        // Over TLS: rendered by the connection's first line, copied by the others.
+        Some(c) => (
+            Some(c.log_fields(|| connection().connection_json())),
+            RequestLine::default(),
+        ),
+        None => (None, connection()),
+    };
+    RequestLine {
+        event: "request",
+        connection: rendered,
         method: Some(req.method.as_str()),
         host: request_host(req),
         path,
@@ -597,5 +631,6 @@ fn request_line<'a>(
         upstream_status: ctx.upstream_status,
         request_id: ctx.request_id.as_ref().map(RequestId::as_str),
         refusal: ctx.refusal,
+        ..fields
     }
 }

@@ -1,6 +1,6 @@
 //! One access-log line: the fields of a request (or a refused handshake) and their JSON,
 //! written by hand (no serde, no `fmt` on the usual values: a third of the instructions the
-//! derive took, callgrind). `access` queues the bytes for its writer thread.
+//! derive took, callgrind). `access` appends them to a buffer of the thread for its writer.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
@@ -11,14 +11,19 @@ use std::net::SocketAddr;
 pub struct RequestLine<'a> {
     /// A word fixed in the code (written without escaping, like `alpn`).
     pub event: &'static str,
+    /// `client` to `resumed` as `connection_json` rendered them for an earlier line of the
+    /// same connection: copied instead of those five fields.
+    pub connection: Option<&'a [u8]>,
     /// The client's TCP address (written without the formatting machinery)...
     pub client_inet: Option<SocketAddr>,
     /// ... or any other address (a Unix socket, an address without a port).
     pub client: Option<&'a dyn Display>,
     pub tls_name: Option<&'a str>,
+    /// OpenSSL's protocol name (written without escaping).
     pub tls_version: Option<&'a str>,
     pub alpn: Option<&'static str>,
     pub resumed: Option<bool>,
+    /// An HTTP method: a token, written without escaping.
     pub method: Option<&'a str>,
     pub host: Option<&'a str>,
     pub path: Option<&'a str>,
@@ -37,87 +42,171 @@ impl RequestLine<'_> {
     /// The line as JSON, written by hand: a third of the instructions serde's derive takes
     /// for these fields (callgrind), and the same text.
     pub fn to_json(&self) -> String {
+        let mut o = Vec::with_capacity(512);
+        self.write_json(&mut o);
         // Only ASCII and the UTF-8 of `&str` fields go in: never invalid.
-        String::from_utf8(self.json_bytes()).unwrap_or_default()
+        String::from_utf8(o).unwrap_or_default()
     }
 
-    /// `to_json` as bytes, the way the writer takes it.
-    pub(crate) fn json_bytes(&self) -> Vec<u8> {
-        let mut o = Vec::with_capacity(512);
-        o.extend_from_slice("{\"time\":\"".as_bytes());
-        push_now(&mut o);
-        o.extend_from_slice("\",\"event\":".as_bytes());
-        Field::Plain(self.event).write(&mut o);
-        // Each key with its punctuation, so that a field costs one copy before its value.
-        let fields: [(&str, Field<'_>); 17] = [
-            (
-                ",\"client\":",
-                match (self.client_inet, self.client) {
-                    (Some(a), _) => Field::Addr(a),
-                    (None, Some(d)) => Field::Shown(d),
-                    (None, None) => Field::Null,
-                },
-            ),
-            (",\"tls_name\":", self.tls_name.into()),
-            (",\"tls_version\":", self.tls_version.into()),
-            (",\"alpn\":", self.alpn.map_or(Field::Null, Field::Plain)),
-            (
-                ",\"resumed\":",
-                self.resumed.map_or(Field::Null, Field::Bool),
-            ),
-            (",\"method\":", self.method.into()),
-            (",\"host\":", self.host.into()),
-            (",\"path\":", self.path.into()),
-            (
-                ",\"status\":",
-                self.status.map_or(Field::Null, |n| Field::Uint(n.into())),
-            ),
-            (
-                ",\"bytes_in\":",
-                self.bytes_in.map_or(Field::Null, Field::Uint),
-            ),
-            (
-                ",\"bytes_out\":",
-                self.bytes_out.map_or(Field::Null, Field::Uint),
-            ),
-            (
-                ",\"duration_ms\":",
-                self.duration_ms.map_or(Field::Null, Field::Millis),
-            ),
-            (
-                ",\"upstream\":",
-                self.upstream.map_or(Field::Null, Field::Addr),
-            ),
-            (",\"pool\":", self.pool.into()),
-            (
-                ",\"upstream_status\":",
-                self.upstream_status
-                    .map_or(Field::Null, |n| Field::Uint(n.into())),
-            ),
-            (",\"request_id\":", self.request_id.into()),
-            (",\"refusal\":", self.refusal.into()),
-        ];
-        for (key, value) in fields {
-            o.extend_from_slice(key.as_bytes());
-            value.write(&mut o);
+    /// `to_json` appended to `o`, the way the writer takes it. Each key is a constant with
+    /// its punctuation (a copy of a known length, no `memcpy` call), and the fields go in one
+    /// after the other: no table of values to build and walk.
+    pub(crate) fn write_json(&self, o: &mut Vec<u8>) {
+        o.reserve(512);
+        o.extend_from_slice(b"{\"time\":\"");
+        push_now(o);
+        o.extend_from_slice(b"\",\"event\":");
+        plain(o, Some(self.event));
+        match self.connection {
+            Some(rendered) => o.extend_from_slice(rendered),
+            None => self.write_connection(o),
         }
+        o.extend_from_slice(b",\"method\":");
+        plain(o, self.method);
+        o.extend_from_slice(b",\"host\":");
+        string(o, self.host);
+        o.extend_from_slice(b",\"path\":");
+        string(o, self.path);
+        o.extend_from_slice(b",\"status\":");
+        uint(o, self.status.map(u64::from));
+        o.extend_from_slice(b",\"bytes_in\":");
+        uint(o, self.bytes_in);
+        o.extend_from_slice(b",\"bytes_out\":");
+        uint(o, self.bytes_out);
+        o.extend_from_slice(b",\"duration_ms\":");
+        millis(o, self.duration_ms);
+        o.extend_from_slice(b",\"upstream\":");
+        addr(o, self.upstream);
+        o.extend_from_slice(b",\"pool\":");
+        string(o, self.pool);
+        o.extend_from_slice(b",\"upstream_status\":");
+        uint(o, self.upstream_status.map(u64::from));
+        o.extend_from_slice(b",\"request_id\":");
+        string(o, self.request_id);
+        o.extend_from_slice(b",\"refusal\":");
+        string(o, self.refusal);
         o.push(b'}');
-        o
+    }
+
+    /// The fields that are the same for every request of a connection (`client` to
+    /// `resumed`, each with its leading comma), as `connection` takes them: a connection's
+    /// first line renders them, its later lines copy them.
+    pub fn connection_json(&self) -> Box<[u8]> {
+        let mut o = Vec::with_capacity(160);
+        self.write_connection(&mut o);
+        o.into_boxed_slice()
+    }
+
+    fn write_connection(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(b",\"client\":");
+        match (self.client_inet, self.client) {
+            (Some(a), _) => addr(o, Some(a)),
+            (None, Some(d)) => {
+                use std::io::Write as _;
+                // Addresses: digits, dots, colons and brackets, nothing to escape.
+                o.push(b'"');
+                let _ = write!(o, "{d}");
+                o.push(b'"');
+            }
+            (None, None) => o.extend_from_slice(b"null"),
+        }
+        o.extend_from_slice(b",\"tls_name\":");
+        string(o, self.tls_name);
+        o.extend_from_slice(b",\"tls_version\":");
+        plain(o, self.tls_version);
+        o.extend_from_slice(b",\"alpn\":");
+        plain(o, self.alpn);
+        o.extend_from_slice(b",\"resumed\":");
+        match self.resumed {
+            Some(true) => o.extend_from_slice(b"true"),
+            Some(false) => o.extend_from_slice(b"false"),
+            None => o.extend_from_slice(b"null"),
+        }
     }
 }
 
-/// A value of an access-log field.
-enum Field<'a> {
-    Null,
-    Str(&'a str),
-    /// A string that never holds a byte to escape (a fixed word, an HTTP method token).
-    Plain(&'a str),
-    Shown(&'a dyn Display),
-    Addr(SocketAddr),
-    Bool(bool),
-    Uint(u64),
-    /// Milliseconds, written with at most three decimals.
-    Millis(f64),
+/// A string that never holds a byte to escape (a word fixed in the code, an HTTP method
+/// token, OpenSSL's protocol name), or `null`.
+fn plain(o: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => {
+            o.push(b'"');
+            o.extend_from_slice(s.as_bytes());
+            o.push(b'"');
+        }
+        None => o.extend_from_slice(b"null"),
+    }
+}
+
+/// Any string, escaped, or `null`.
+fn string(o: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => json::string(o, s),
+        None => o.extend_from_slice(b"null"),
+    }
+}
+
+fn uint(o: &mut Vec<u8>, n: Option<u64>) {
+    match n {
+        Some(n) => push_uint(o, n),
+        None => o.extend_from_slice(b"null"),
+    }
+}
+
+/// A socket address as a string: IPv4 without the formatting machinery.
+fn addr(o: &mut Vec<u8>, a: Option<SocketAddr>) {
+    use std::io::Write as _;
+    let Some(a) = a else {
+        o.extend_from_slice(b"null");
+        return;
+    };
+    o.push(b'"');
+    match a {
+        SocketAddr::V4(v4) => {
+            let [a, b, c, d] = v4.ip().octets();
+            push_uint(o, u64::from(a));
+            o.push(b'.');
+            push_uint(o, u64::from(b));
+            o.push(b'.');
+            push_uint(o, u64::from(c));
+            o.push(b'.');
+            push_uint(o, u64::from(d));
+            o.push(b':');
+            push_uint(o, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(o, "{a}");
+        }
+    }
+    o.push(b'"');
+}
+
+/// Milliseconds with at most three decimals; `null` when absent or not a finite duration.
+fn millis(o: &mut Vec<u8>, ms: Option<f64>) {
+    let Some(ms) = ms.filter(|ms| ms.is_finite() && *ms >= 0.0 && *ms < 1e15) else {
+        o.extend_from_slice(b"null");
+        return;
+    };
+    // Three decimals, as integers: float formatting is the costliest part of a line.
+    let micros = (ms * 1000.0).round() as u64;
+    push_uint(o, micros / 1000);
+    let frac = micros % 1000;
+    if frac != 0 {
+        let digits = [
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ];
+        let keep = if frac % 10 != 0 {
+            4
+        } else if frac % 100 != 0 {
+            3
+        } else {
+            2
+        };
+        o.extend_from_slice(&digits[..keep]);
+    }
 }
 
 /// `n` in decimal, without the formatting machinery. Most values (octets, statuses, small
@@ -150,77 +239,6 @@ fn push_uint(o: &mut Vec<u8>, mut n: u64) {
         }
     }
     o.extend_from_slice(&buf[i..]);
-}
-
-impl<'a> From<Option<&'a str>> for Field<'a> {
-    fn from(v: Option<&'a str>) -> Field<'a> {
-        v.map_or(Field::Null, Field::Str)
-    }
-}
-
-impl Field<'_> {
-    fn write(&self, o: &mut Vec<u8>) {
-        use std::io::Write as _;
-        match self {
-            Field::Null => o.extend_from_slice(b"null"),
-            Field::Str(s) => json::string(o, s),
-            Field::Plain(s) => {
-                o.push(b'"');
-                o.extend_from_slice(s.as_bytes());
-                o.push(b'"');
-            }
-            Field::Shown(d) => {
-                // Addresses: digits, dots, colons and brackets, nothing to escape.
-                o.push(b'"');
-                let _ = write!(o, "{d}");
-                o.push(b'"');
-            }
-            Field::Addr(a) => {
-                o.push(b'"');
-                match a {
-                    SocketAddr::V4(v4) => {
-                        for (i, octet) in v4.ip().octets().into_iter().enumerate() {
-                            if i > 0 {
-                                o.push(b'.');
-                            }
-                            push_uint(o, u64::from(octet));
-                        }
-                        o.push(b':');
-                        push_uint(o, u64::from(v4.port()));
-                    }
-                    SocketAddr::V6(_) => {
-                        let _ = write!(o, "{a}");
-                    }
-                }
-                o.push(b'"');
-            }
-            Field::Bool(b) => o.extend_from_slice(if *b { b"true" } else { b"false" }),
-            Field::Uint(n) => push_uint(o, *n),
-            Field::Millis(ms) if ms.is_finite() && *ms >= 0.0 && *ms < 1e15 => {
-                // Three decimals, as integers: float formatting is the costliest part of a line.
-                let micros = (ms * 1000.0).round() as u64;
-                push_uint(o, micros / 1000);
-                let frac = micros % 1000;
-                if frac != 0 {
-                    let digits = [
-                        b'.',
-                        b'0' + (frac / 100) as u8,
-                        b'0' + (frac / 10 % 10) as u8,
-                        b'0' + (frac % 10) as u8,
-                    ];
-                    let keep = if frac % 10 != 0 {
-                        4
-                    } else if frac % 100 != 0 {
-                        3
-                    } else {
-                        2
-                    };
-                    o.extend_from_slice(&digits[..keep]);
-                }
-            }
-            Field::Millis(_) => o.extend_from_slice(b"null"),
-        }
-    }
 }
 
 /// JSON strings.
@@ -350,6 +368,7 @@ mod tests {
         let nasty = "/a\"b\\c\nd\te\u{1}f\u{7f}g/ü/😀";
         let line = RequestLine {
             event: "request",
+            connection: None,
             client_inet: Some(client),
             client: None,
             tls_name: Some("shop.example"),
@@ -423,6 +442,47 @@ mod tests {
             );
             assert!(line.contains("\"client\":\"10.0.0.255:65535\""), "{line}");
         }
+    }
+
+    /// A connection's fields rendered once and copied into a later line give the same line
+    /// as the fields themselves.
+    #[test]
+    fn rendered_connection_fields_give_the_same_line() {
+        let client = "203.0.113.9:40000".parse().unwrap();
+        let conn = RequestLine {
+            client_inet: Some(client),
+            tls_name: Some("shop.example"),
+            tls_version: Some("TLSv1.3"),
+            alpn: Some("h2"),
+            resumed: Some(true),
+            ..RequestLine::default()
+        };
+        let rendered = conn.connection_json();
+        let request = |connection| RequestLine {
+            event: "request",
+            connection,
+            method: Some("GET"),
+            path: Some("/a"),
+            status: Some(204),
+            ..RequestLine::default()
+        };
+        let direct = RequestLine {
+            client_inet: Some(client),
+            tls_name: Some("shop.example"),
+            tls_version: Some("TLSv1.3"),
+            alpn: Some("h2"),
+            resumed: Some(true),
+            ..request(None)
+        }
+        .to_json();
+        let copied = request(Some(&rendered)).to_json();
+        // The same but for the time, which is when each line was written.
+        let untimed = |l: &str| l[l.find("\"event\"").unwrap()..].to_owned();
+        assert_eq!(untimed(&direct), untimed(&copied));
+        let v: serde_json::Value = serde_json::from_str(&copied).unwrap();
+        assert_eq!(v["client"], "203.0.113.9:40000");
+        assert_eq!(v["resumed"], true);
+        assert_eq!(v.as_object().unwrap().len(), 19, "{copied}");
     }
 
     /// A byte to escape is found wherever it sits: in a sixteen-byte block or in the tail.

@@ -66,6 +66,9 @@ pub struct ConnName {
     allowed_ms: std::sync::atomic::AtomicU64,
     /// The client's address as X-Forwarded-For carries it, formatted by the first request.
     forwarded_for: std::sync::OnceLock<Option<http::HeaderValue>>,
+    /// The access-log fields of the connection (client, TLS name and version, ALPN,
+    /// resumption), rendered by its first logged request.
+    log_fields: std::sync::OnceLock<Box<[u8]>>,
 }
 
 impl ConnName {
@@ -76,6 +79,7 @@ impl ConnName {
             born: std::time::Instant::now(),
             allowed_ms: std::sync::atomic::AtomicU64::new(if resumed { u64::MAX } else { 0 }),
             forwarded_for: std::sync::OnceLock::new(),
+            log_fields: std::sync::OnceLock::new(),
         }
     }
 
@@ -85,6 +89,12 @@ impl ConnName {
         self.forwarded_for
             .get_or_init(|| http::HeaderValue::try_from(client.to_string()).ok())
             .as_ref()
+    }
+
+    /// The connection's access-log fields, rendered by `render` for its first logged request
+    /// and copied by the others.
+    pub fn log_fields(&self, render: impl FnOnce() -> Box<[u8]>) -> &[u8] {
+        self.log_fields.get_or_init(render)
     }
 
     /// Whether the allow-list said yes to this connection's name less than `within` before
