@@ -44,7 +44,8 @@
 #       exactly BENCH_CALLGRIND_REQUESTS HTTP/1.1 keep-alive requests on one connection
 #       (h2load --h1 -c 1 -m 1), off, dumped; then the same over HTTP/2 (h2load -c 1 -m 10);
 #       then BENCH_CALLGRIND_HANDSHAKES (100) connections of one request each, every one a full
-#       handshake (the handshake's instructions, where CPU figures are noisy). Instructions
+#       handshake, then wrk -H 'Connection: close' for 10 s (resumed handshakes: the
+#       handshakes' instructions, where CPU figures are noisy). Instructions
 #       (Ir) / requests; callgrind runs the threads one at a time, which changes no
 #       instruction count. Target: edge /
 #       pingora at most 1.05 (HTTP/1.1; HTTP/2 and edge-nolog reported: nginx and HAProxy
@@ -267,8 +268,8 @@ render_extra() { # dir
       }' "$dir/idle.tsv" || rc=3
   fi
   if [ -s "$dir/callgrind.tsv" ]; then
-    # callgrind.tsv: server, protocol (h1, h2, hs: one connection per request), instructions
-    # (Ir), requests
+    # callgrind.tsv: server, protocol (h1, h2; hs, rs: one connection per request, full or
+    # resumed handshake), instructions (Ir), requests
     awk -F '\t' '
       { ir[$1, $2] = $3; n[$1, $2] = $4 }
       function per(s, p) { return ((s, p) in ir) && n[s, p] > 0 ? ir[s, p] / n[s, p] : -1 }
@@ -298,10 +299,10 @@ render_extra() { # dir
         if (per("nginx", "h1") >= 0 || per("edge", "hs") >= 0) {
           print ""
           printf "%-46s %-10s %12s %12s %12s\n", "i.  nginx, and full handshakes (callgrind)", "server", "instr", "edge/nginx", "edge/pingora"
-          split("h1 h2 hs", protos, " ")
-          for (p = 1; p <= 3; p++) {
+          split("h1 h2 hs rs", protos, " ")
+          for (p = 1; p <= 4; p++) {
             pr = protos[p]
-            label = pr == "h1" ? "per HTTP/1.1 request" : pr == "h2" ? "per HTTP/2 request" : "per connection: full handshake + 1 request"
+            label = pr == "h1" ? "per HTTP/1.1 request" : pr == "h2" ? "per HTTP/2 request" : pr == "hs" ? "per connection: full handshake + 1 request" : "per connection: resumed handshake + 1 request"
             first = 1
             split("nginx pingora edge edge-nolog", ss, " ")
             for (k = 1; k <= 4; k++) {
@@ -313,8 +314,9 @@ render_extra() { # dir
               first = 0
             }
           }
-          print "(nginx: one process, master_process off; handshakes: h2load --h1, one connection per request,"
-          print "no session resumed, ECDSA P-256; nginx links Debian'"'"'s OpenSSL, Pingora and the edge the vendored one)"
+          print "(nginx: one process, master_process off; full handshakes: h2load --h1, one connection per"
+          print "request, no session resumed, ECDSA P-256; resumed: wrk -c4 -H '"'"'Connection: close'"'"' for 10 s,"
+          print "TLS 1.3 tickets; nginx links Debian'"'"'s OpenSSL, Pingora and the edge the vendored one)"
         }
         exit (fails > 0 ? 3 : 0)
       }' "$dir/callgrind.tsv" || rc=3
@@ -964,6 +966,30 @@ callgrind_phase() {
   REPLY=$(awk '/^totals:/ {t += $2; seen = 1} /^summary:/ {s += $2} END {printf "%.0f", (seen ? t : s)}' "$dump")
 }
 
+# callgrind_resumed server pid dump url: instrumentation on, wrk -H 'Connection: close' for
+# 10 s on 4 connections (wrk offers each reconnect the session of its last connection: a
+# resumed handshake), off, dump number DUMP; the instructions in $REPLY, the requests (one per
+# connection) in $REQUESTS.
+callgrind_resumed() {
+  local server=$1 pid=$2 dump="$work/callgrind.$1.$2.$3" url=$4 out="$results/i-$1-rs.txt" ok=0
+  REPLY="" REQUESTS=""
+  cg_ctl -i on "$pid" || { say "i $server: callgrind_control -i on failed"; return 1; }
+  timeout 120 wrk -t1 -c4 -d10s -H 'Connection: close' "$url" >"$out" 2>&1 || ok=$?
+  cg_ctl -i off "$pid" || { say "i $server: callgrind_control -i off failed"; return 1; }
+  cg_ctl -d "$pid" || { say "i $server: callgrind_control -d failed"; return 1; }
+  REQUESTS=$(awk '/requests in/ {print $1}' "$out")
+  if [ "$ok" != 0 ] || [ -z "$REQUESTS" ] || [ "$REQUESTS" = 0 ] || grep -q -e 'Socket errors' -e 'Non-2xx' "$out"; then
+    say "i $server resumed: wrk failed or had errors; see $out"
+    return 1
+  fi
+  for _ in $(seq 1 100); do
+    grep -q '^totals:' "$dump" 2>/dev/null && break
+    sleep 0.1
+  done
+  [ -s "$dump" ] || { say "i $server: no callgrind dump $dump"; return 1; }
+  REPLY=$(awk '/^totals:/ {t += $2; seen = 1} /^summary:/ {s += $2} END {printf "%.0f", (seen ? t : s)}' "$dump")
+}
+
 # run_callgrind server (nginx | pingora | edge | edge-nolog): a separate instance under
 # callgrind, own ports (nginx: one process, `master_process off`, its own pid and logs; the
 # edges: own config and data dir, the access log as by default or off), into callgrind.tsv:
@@ -1026,6 +1052,10 @@ run_callgrind() {
     if callgrind_phase "$server" "$pid" hs 3 --h1 -n 10 -c 10 -m 1 "$url"; then
       printf '%s\ths\t%s\t%s\n' "$server" "$REPLY" "$cg_requests" >>"$results/callgrind.tsv"
       say "i $server full handshakes: $((REPLY / cg_requests)) instructions per connection"
+    fi
+    if callgrind_resumed "$server" "$pid" 4 "$url"; then
+      printf '%s\trs\t%s\t%s\n' "$server" "$REPLY" "$REQUESTS" >>"$results/callgrind.tsv"
+      say "i $server resumed handshakes: $((REPLY / REQUESTS)) instructions per connection ($REQUESTS)"
     fi
   else
     rc=1
