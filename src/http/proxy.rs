@@ -342,8 +342,11 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         let pool = ctx.pool.map(|p| self.upstreams.pool(p));
         if let Some(pool) = pool.filter(|p| !ctx.upgrade && p.response_timeout != p.body_timeout) {
-            if let Some(d) = Deadline::watch(fd, pool.response_timeout, pool.body_timeout) {
-                ctx.rare.get_or_insert_with(Box::default).deadline = Some(d);
+            // A new connection's watchdog replaces the last attempt's (none if the socket
+            // could not be duplicated: the connection's read timeout still applies).
+            let deadline = Deadline::watch(fd, pool.response_timeout, pool.body_timeout);
+            if deadline.is_some() || ctx.rare.is_some() {
+                ctx.rare.get_or_insert_with(Box::default).deadline = deadline;
             }
         }
         Ok(())
