@@ -957,6 +957,13 @@ callgrind_phase() {
     say "i $server $label: h2load did not get $cg_requests 2xx answers; see $out"
     return 1
   fi
+  dump_total "$server" "$dump"
+}
+
+# dump_total server dump: the instructions counted in callgrind's DUMP (once it is written) in
+# $REPLY.
+dump_total() {
+  local server=$1 dump=$2
   for _ in $(seq 1 100); do
     grep -q '^totals:' "$dump" 2>/dev/null && break
     sleep 0.1
@@ -982,12 +989,7 @@ callgrind_resumed() {
     say "i $server resumed: wrk failed or had errors; see $out"
     return 1
   fi
-  for _ in $(seq 1 100); do
-    grep -q '^totals:' "$dump" 2>/dev/null && break
-    sleep 0.1
-  done
-  [ -s "$dump" ] || { say "i $server: no callgrind dump $dump"; return 1; }
-  REPLY=$(awk '/^totals:/ {t += $2; seen = 1} /^summary:/ {s += $2} END {printf "%.0f", (seen ? t : s)}' "$dump")
+  dump_total "$server" "$dump"
 }
 
 # run_callgrind server (nginx | pingora | edge | edge-nolog): a separate instance under
