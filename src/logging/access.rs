@@ -54,6 +54,9 @@ struct Buffers {
     slots: Box<[Buffer]>,
     /// Bytes a buffer holds at most (`BUFFER_LIMIT`).
     limit: usize,
+    /// No writer will take the lines (the log could not be opened, or its thread started):
+    /// each line is dropped, and counted, at once.
+    closed: AtomicBool,
 }
 
 thread_local! {
@@ -69,6 +72,7 @@ impl Buffers {
         Buffers {
             slots: (0..BUFFERS).map(|_| Buffer::default()).collect(),
             limit,
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -76,7 +80,7 @@ impl Buffers {
     fn mine(&self) -> &Mutex<Vec<u8>> {
         let slot = SLOT.with(|s| {
             if s.get() == usize::MAX {
-                s.set(NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % BUFFERS);
+                s.set(NEXT_SLOT.fetch_add(1, Ordering::Relaxed));
             }
             s.get()
         });
@@ -84,8 +88,11 @@ impl Buffers {
     }
 
     /// Append what `write` writes to this thread's buffer, unless it holds `limit` bytes
-    /// already: false then (the line is dropped).
+    /// already or no writer will take it: false then (the line is dropped).
     fn append(&self, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut buf = self.mine().lock().unwrap_or_else(PoisonError::into_inner);
         if buf.len() >= self.limit {
             return false;
@@ -290,6 +297,7 @@ fn write_lines(target: LogTarget, lines: Arc<Buffers>, reopen: Arc<AtomicBool>) 
         Ok(w) => std::io::BufWriter::with_capacity(64 * 1024, w),
         Err(e) => {
             log::error!("cannot open the access log {target:?}: {e}; access lines are dropped");
+            lines.closed.store(true, Ordering::Release);
             return;
         }
     };
@@ -305,12 +313,13 @@ fn write_lines(target: LogTarget, lines: Arc<Buffers>, reopen: Arc<AtomicBool>) 
                 Err(e) => log::error!("cannot reopen the access log {target:?}: {e}"),
             }
         }
-        let closed = Arc::strong_count(&lines) == 1;
+        // The access log is gone: this drain is the last.
+        let log_gone = Arc::strong_count(&lines) == 1;
         let wrote = lines.drain(&mut spare, &mut out);
-        if wrote || closed {
+        if wrote || log_gone {
             let _ = out.flush();
         }
-        if closed {
+        if log_gone {
             return;
         }
         std::thread::sleep(DRAIN_EVERY);
@@ -335,7 +344,7 @@ impl BackgroundService for AccessLogWriter {
             Ok(w) => Mutex::new(Some(w)),
             Err(e) => {
                 log::error!("cannot start the access log writer: {e}");
-                self.log.started.store(false, Ordering::Release);
+                self.log.buffers.closed.store(true, Ordering::Release);
                 return;
             }
         };
@@ -405,6 +414,21 @@ mod tests {
         // Drained: room again.
         log.request(&line(1));
         assert_eq!(metrics.access_log_dropped.get(), 5);
+        // No writer will come (the file could not be opened): every line is dropped and
+        // counted at once, none held.
+        log.buffers.closed.store(true, Ordering::Relaxed);
+        log.request(&line(2));
+        log.request(&line(3));
+        assert_eq!(metrics.access_log_dropped.get(), 7);
+    }
+
+    /// A log whose file cannot be opened drops and counts its lines instead of holding them.
+    #[test]
+    fn a_log_that_cannot_be_opened_drops_and_counts_its_lines() {
+        let buffers = Arc::new(Buffers::new(BUFFER_LIMIT));
+        let target = LogTarget::File("/nonexistent-dir/access.log".into());
+        write_lines(target, buffers.clone(), Arc::default());
+        assert!(!buffers.append(|o| o.extend_from_slice(b"x\n")));
     }
 
     /// Threads writing while the writer drains: every line comes out once, whole, and each
